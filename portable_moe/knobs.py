@@ -1,0 +1,65 @@
+"""Every PORTABLE_MOE_* environment variable, read here and nowhere else, typed and documented."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ir import PortableMoeError
+
+
+class KnobError(PortableMoeError):
+    """An environment variable holds a value of the wrong form."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    default: str
+    meaning: str
+
+
+KNOBS = (
+    Knob("PORTABLE_MOE_BACKEND", "", "backend to use when none is given explicitly (else automatic)"),
+    Knob("PORTABLE_MOE_DEVICE", "", "device to use when none is given explicitly (else the first accelerator)"),
+    Knob("PORTABLE_MOE_CACHE_DIR", "~/.cache/portable_moe", "compile caches, tuned configs, conformance results"),
+    Knob("PORTABLE_MOE_VALIDATE", "0", "fraction of calls (0..1) re-run on the reference to check numerics"),
+    Knob("PORTABLE_MOE_VALIDATE_RAISE", "0", "1: a shadow-validation failure raises instead of warning"),
+)
+
+
+def raw(name: str) -> str:
+    knob = next(k for k in KNOBS if k.name == name)
+    return os.environ.get(name, knob.default)
+
+
+def backend() -> str | None:
+    return raw("PORTABLE_MOE_BACKEND") or None
+
+
+def device() -> str | None:
+    return raw("PORTABLE_MOE_DEVICE") or None
+
+
+def cache_dir() -> Path:
+    return Path(raw("PORTABLE_MOE_CACHE_DIR")).expanduser()
+
+
+def validate_fraction() -> float:
+    text = raw("PORTABLE_MOE_VALIDATE")
+    try:
+        value = float(text)
+    except ValueError:
+        raise KnobError(f"PORTABLE_MOE_VALIDATE={text!r} must be a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise KnobError(f"PORTABLE_MOE_VALIDATE={text!r} must be in [0, 1]")
+    return value
+
+
+def validate_raise() -> bool:
+    return raw("PORTABLE_MOE_VALIDATE_RAISE") not in ("", "0", "false", "no")
+
+
+def help_text() -> str:
+    return "environment:\n" + "\n".join(f"  {k.name:28} {k.meaning} (default: {k.default or 'unset'})" for k in KNOBS)

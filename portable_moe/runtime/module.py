@@ -1,0 +1,125 @@
+"""The executable users hold: a torch.nn.Module over a partitioned graph. Forward runs each
+segment on its backend; gradients flow through backends that are differentiable and, for the rest,
+by re-running the segment on the reference (the documented backward fallback)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import torch
+
+from ..backends.base import Executable
+from ..backends.reference import TORCH_DTYPES, run_graph
+from ..ir import Graph, IRError
+from .partition import Segment
+from .select import Selection
+from .validate import Validator
+
+
+class ReferenceGrad(torch.autograd.Function):
+    """Forward on any backend; backward by autograd through the reference on the same inputs."""
+
+    @staticmethod
+    def forward(ctx, exe: Executable, names: tuple, n_inputs: int, *tensors):
+        ctx.exe, ctx.names, ctx.n_inputs = exe, names, n_inputs
+        ctx.save_for_backward(*tensors)
+        outs = exe.run(dict(zip(names[:n_inputs], tensors[:n_inputs])), dict(zip(names[n_inputs:], tensors[n_inputs:])))
+        ctx.mark_non_differentiable(*[o for o in outs if not o.is_floating_point()])
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        tensors = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
+            env = dict(zip(ctx.names, leaves))
+            outs = run_graph(ctx.exe.graph, {}, env)
+            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+            wrt = [t for t in leaves if t.requires_grad]
+            got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True) \
+                if pairs else [None] * len(wrt)
+        it = iter(got)
+        return (None, None, None, *[next(it) if t.requires_grad else None for t in leaves])
+
+
+def safe_name(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class CompiledModel(torch.nn.Module):
+    def __init__(self, graph: Graph, params: Mapping[str, torch.Tensor], selection: Selection,
+                 segments: list[tuple[Segment, Executable]], validator: Validator | None = None):
+        super().__init__()
+        self.graph, self.selection, self.segments, self.validator = graph, selection, segments, validator
+        self.param_names = graph.param_names()
+        for name in self.param_names:
+            t = params[name]
+            self.register_parameter(safe_name(name), torch.nn.Parameter(t, requires_grad=t.is_floating_point()))
+
+    @property
+    def device(self):
+        return self.selection.device
+
+    def named_graph_params(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, safe_name(n)) for n in self.param_names}
+
+    def bind_inputs(self, args, kwargs) -> dict[str, torch.Tensor]:
+        names = [v.name for v in self.graph.inputs]
+        if len(args) > len(names):
+            raise IRError(f"graph '{self.graph.name}' takes {len(names)} inputs ({', '.join(names)}), got {len(args)}")
+        bound = dict(zip(names, args)) | kwargs
+        missing, extra = set(names) - bound.keys(), bound.keys() - set(names)
+        if missing or extra:
+            raise IRError(f"graph '{self.graph.name}' inputs are {names}; missing {sorted(missing)}, "
+                          f"unexpected {sorted(extra)}")
+        for v in self.graph.inputs:
+            t = bound[v.name]
+            want = TORCH_DTYPES[v.type.dtype.value]
+            if t.dtype != want or t.dim() != v.type.rank or any(
+                    isinstance(d, int) and d != s for d, s in zip(v.type.shape, t.shape)):
+                raise IRError(f"input '{v.name}' must be {v.type}, got {str(t.dtype)[6:]}{list(t.shape)}")
+            bound[v.name] = t.to(self.device.torch_device)
+        return bound
+
+    def forward(self, *args, **kwargs):
+        env = self.bind_inputs(args, kwargs)
+        params = self.named_graph_params()
+        for segment, exe in self.segments:
+            g = segment.graph
+            names = tuple(v.name for v in g.inputs) + tuple(v.name for v in g.params)
+            tensors = [env[v.name] for v in g.inputs] + [params[v.name] for v in g.params]
+            if exe.differentiable or not torch.is_grad_enabled():
+                outs = exe.run(dict(zip(names, tensors[:len(g.inputs)])), dict(zip(names[len(g.inputs):],
+                                                                                     tensors[len(g.inputs):])))
+            else:
+                outs = ReferenceGrad.apply(exe, names, len(g.inputs), *tensors)
+            env.update(zip(g.outputs, outs))
+        if self.validator is not None:
+            self.validator.maybe_check(self, env, params)
+        results = [env[o] for o in self.graph.outputs]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def placement(self) -> dict[str, str]:
+        """node name -> backend that runs it."""
+        return {n.name: seg.backend for seg, _ in self.segments for n in seg.graph.nodes}
+
+    def report(self) -> dict:
+        return {"device": self.device.to_dict(), "dtype": self.selection.dtype.value,
+                "selected": self.selection.winner, "source": self.selection.source,
+                "candidates": [vars(c) for c in self.selection.candidates],
+                "segments": [{"backend": s.backend, "nodes": [n.name for n in s.graph.nodes],
+                              "fallback_reasons": s.reasons, "notes": list(getattr(e, "notes", []))}
+                             for s, e in self.segments]}
+
+    def why(self) -> str:
+        lines = [self.selection.explain(), f"{len(self.segments)} segment(s), "
+                 f"{len(self.segments) - 1} cross-backend boundary(ies):"]
+        for seg, exe in self.segments:
+            ops = Counter(n.op for n in seg.graph.nodes)
+            lines.append(f"  {seg.backend:12} {len(seg.graph.nodes):3} nodes: "
+                         + ", ".join(f"{op} x{c}" if c > 1 else op for op, c in ops.items()))
+            for node, reason in list(seg.reasons.items())[:3]:
+                lines.append(f"    {node}: {reason}")
+            lines += [f"    note: {n}" for n in getattr(exe, "notes", [])]
+        return "\n".join(lines)
