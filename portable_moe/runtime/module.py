@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..backends.base import Executable
+from ..backends.base import BackendError, Executable
 from ..backends.reference import TORCH_DTYPES, run_graph
 from ..ir import Graph, IRError
 from .partition import Segment
@@ -41,6 +41,18 @@ class ReferenceGrad(torch.autograd.Function):
                 if pairs else [None] * len(wrt)
         it = iter(got)
         return (None, None, None, *[next(it) if t.requires_grad else None for t in leaves])
+
+
+def check_outputs(segment: Segment, outs):
+    """A backend must return what the graph declares: count, rank, dtype."""
+    values = segment.graph.values()
+    if len(outs) != len(segment.graph.outputs):
+        raise BackendError(f"{segment.backend} returned {len(outs)} outputs for {len(segment.graph.outputs)}")
+    for name, t in zip(segment.graph.outputs, outs):
+        want = values[name].type
+        if t.dim() != want.rank or t.dtype != TORCH_DTYPES[want.dtype.value]:
+            raise BackendError(f"{segment.backend} returned {str(t.dtype)[6:]}{list(t.shape)} for '{name}', "
+                               f"declared {want}")
 
 
 def safe_name(name: str) -> str:
@@ -94,6 +106,7 @@ class CompiledModel(torch.nn.Module):
                                                                                      tensors[len(g.inputs):])))
             else:
                 outs = ReferenceGrad.apply(exe, names, len(g.inputs), *tensors)
+            check_outputs(segment, outs)
             env.update(zip(g.outputs, outs))
         if self.validator is not None:
             self.validator.maybe_check(self, env, params)

@@ -33,22 +33,25 @@ def capable(graph: Graph, device: Device, ranked: list[tuple[str, Backend]]) -> 
 
 
 def assign(table: list[list[int]]) -> list[int]:
-    """Dynamic programme over nodes in order: fewest switches of backend, then the best ranks."""
-    inf = (10**9, 10**9)
-    cost = [{b: (0, b) for b in table[0]}] if table else []
+    """Dynamic programme over nodes in order. Every node the chosen backend (rank 0) supports runs on
+    it; the rest go where they make the fewest cross-backend switches, then to the best-ranked backend."""
+    def step_cost(options, b):
+        return (int(0 in options and b != 0), b)
+
+    cost = [{b: (*step_cost(table[0], b)[:1], 0, b) for b in table[0]}] if table else []
     back: list[dict[int, int]] = [{}]
     for options in table[1:]:
         prev, row, links = cost[-1], {}, {}
         for b in options:
-            best = min(prev, key=lambda p: (prev[p][0] + (p != b), prev[p][1]))
-            switches, ranks = prev[best]
-            row[b] = (switches + (best != b), ranks + b)
+            best = min(prev, key=lambda p: (prev[p][0], prev[p][1] + (p != b), prev[p][2]))
+            violations, switches, ranks = prev[best]
+            row[b] = (violations + step_cost(options, b)[0], switches + (best != b), ranks + b)
             links[b] = best
         cost.append(row)
         back.append(links)
     if not cost:
         return []
-    b = min(cost[-1], key=lambda k: cost[-1].get(k, inf))
+    b = min(cost[-1], key=cost[-1].get)
     out = [b]
     for links in reversed(back[1:]):
         b = links[b]

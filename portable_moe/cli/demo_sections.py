@@ -1,0 +1,85 @@
+"""The demo's sections after the main run: one function per capability, each a few lines of output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import compile as compile_model
+from .. import registry
+from ..backends.reference import run_graph
+from ..runtime.tolerance import global_error
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    run: Callable
+
+
+def executing_backends(device) -> list[str]:
+    names = []
+    for name in registry.backend_names():
+        b = registry.load(name)
+        if not isinstance(b, str) and b.executes and b.availability(device) is None:
+            names.append(name)
+    return names
+
+
+def backends_table(graph, params, device, out):
+    """Every backend that executes here runs the same model; what ran where and how close it is."""
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(3))
+    want, = run_graph(graph, {"ids": ids}, {k: v.double() for k, v in params.items()})
+    print(f"{'backend':12} {'nodes on it':>11} {'fallback':>9} {'compile':>8} {'run':>9} {'global err':>10}")
+    for name in executing_backends(device):
+        t0 = time.perf_counter()
+        model = compile_model(graph, params, device=device, backend=name)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            got = model(ids)
+        t2 = time.perf_counter()
+        placed = model.placement()
+        mine = sum(1 for b in placed.values() if b == name)
+        print(f"{name:12} {mine:>5}/{len(placed):<5} {len(placed) - mine:>9} {t1 - t0:>7.1f}s {(t2 - t1) * 1e3:>7.0f}ms "
+              f"{global_error(got.cpu(), want):>10.1e}")
+
+
+def balance(graph, params, device, out):
+    """A DeepSeek-like skewed load on a mixed NVIDIA/AMD cluster: our plan against EPLB, then a re-plan."""
+    from ..balance import Cluster, Device, eplb_placement, plan, predict
+    from ..balance.plot import plot_device_times
+
+    rng = np.random.default_rng(0)
+    loads = rng.zipf(1.6, size=(4, 64)).clip(max=500).astype(float) * 100
+    cluster = Cluster(tuple(
+        [Device(f"h100-{i}", "nvidia", "H100", 0, 989.0, 18 * 2**20) for i in range(4)]
+        + [Device(f"mi300x-{i}", "amd", "MI300X", 1, 1307.0, 30 * 2**20) for i in range(4)]))
+    expert_bytes = 2**20
+    eplb = predict(eplb_placement(loads, cluster, expert_bytes), loads, cluster)["summary"]
+    t0 = time.perf_counter()
+    ours = plan(loads, cluster, expert_bytes)
+    took = time.perf_counter() - t0
+    mine = predict(ours, loads, cluster)
+    print(f"cluster 4 x H100 + 4 x MI300X, 4 layers x 64 experts, skewed load: step time / fluid bound: "
+          f"ours {mine['summary']['step_time'] / mine['summary']['fluid_step_time']:.3f}, "
+          f"EPLB {eplb['step_time'] / eplb['fluid_step_time']:.3f} (planned in {took * 1e3:.0f} ms)")
+    drifted = loads * rng.uniform(0.8, 1.25, size=loads.shape)
+    again = plan(drifted, cluster, expert_bytes, previous=ours)
+    total = sum(len(layer.expert) for layer in ours.layers) * expert_bytes
+    print(f"re-plan after load drift moved {again.moved_bytes / 2**20:.0f} MiB of {total / 2**20:.0f} MiB of "
+          f"replicas; ratio {predict(again, drifted, cluster)['summary']['mean_ratio']:.3f}")
+    out.mkdir(parents=True, exist_ok=True)
+    eplb_pred = predict(eplb_placement(loads, cluster, expert_bytes), loads, cluster)
+    plot_device_times(eplb_pred, mine, cluster, out / "placement.png", before_label="EPLB")
+    print(f"plot: {out / 'placement.png'}")
+
+
+SECTIONS: dict[str, Section] = {
+    "backends": Section("every backend that executes here, on the same model", backends_table),
+    "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
+}
+NAMES = tuple(SECTIONS)
