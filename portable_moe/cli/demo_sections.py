@@ -78,8 +78,18 @@ def balance(graph, params, device, out):
     print(f"plot: {out / 'placement.png'}")
 
 
+def hugging_face(graph, params, device, out):
+    """A tiny random transformers Mixtral, imported into the IR, run here, checked against transformers."""
+    from ..hf.demo import demo_summary
+    from ..runtime import select
+    from ..ir import DType
+
+    print(demo_summary(backend=select(device, DType.float32).winner, family="mixtral", device=device.id))
+
+
 SECTIONS: dict[str, Section] = {
     "backends": Section("every backend that executes here, on the same model", backends_table),
     "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
+    "hf": Section("a Hugging Face model imported (transformers Mixtral, tiny, random weights)", hugging_face),
 }
 NAMES = tuple(SECTIONS)

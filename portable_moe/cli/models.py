@@ -41,7 +41,8 @@ def resolve_model(spec: str, layer: bool = False, seed: int = 0) -> tuple[Graph,
             return graph, params_beside(path / "graph.json", graph, seed)
         if (path / "config.json").exists():
             from ..hf import from_hf
-            return from_hf(path, block_only=layer)
+            imported = from_hf(path, block_only=layer)
+            return imported.graph, imported.params
         raise PortableMoeError(f"directory {spec} holds neither graph.json nor a Hugging Face config.json")
     if not path.exists():
         raise PortableMoeError(f"MODEL '{spec}' is neither a preset ({', '.join(PRESETS)}) nor an existing file")
