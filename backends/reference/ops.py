@@ -135,7 +135,7 @@ def router(x, weight, bias=None, score_bias=None, *, top_k, scoring, num_groups,
         weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True)
     weights_TK = weights_TK * scaling
     return (weights_TK.to(x.dtype).reshape(*lead, top_k), idx_TK.reshape(*lead, top_k),
-            logits_TE.reshape(*lead, -1))
+            logits_TE.reshape(*lead, weight.shape[0]))
 
 
 def dispatch(x, indices, *, num_experts):

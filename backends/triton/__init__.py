@@ -1,0 +1,116 @@
+"""The Triton backend: the MoE hot path (router, dispatch, grouped GEMM with a fused SwiGLU epilogue,
+SwiGLU, combine) as Triton kernels, one source for every device.
+
+- CUDA and ROCm: Triton compiles the kernels at run time; the grouped GEMM's tile config comes from the
+  tuned cache (tuning.py), and an untuned default is reported in `executable.notes`.
+- CPU: the same kernels run through Triton's interpreter (slow: tests use tiny shapes). Triton 3.9's
+  interpreter gives garbage for bfloat16 tl.dot, so bfloat16 is declined on the CPU with that reason.
+- Ahead of time: `lower()` writes PTX+cubin (NVIDIA) or AMDGCN+hsaco (AMD) per kernel, plus manifest.json,
+  with a disk cache under options.cache_dir (lower.py).
+- Backward: no Triton backward kernels yet. Executables are not differentiable, so the runtime
+  recomputes gradients with the reference backend (the documented fallback).
+- Dense ops (linear, rms_norm, attention, ...) are not declared: the runtime runs them elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...ir import DType, Graph
+from ..base import Backend, BackendError, BackendOptions, Executable, Support
+from ..devices import Device
+
+OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
+TARGETS = ("cuda:sm_80", "cuda:sm_90", "cuda:sm_100", "rocm:gfx90a", "rocm:gfx942", "rocm:gfx1100")
+STAGES = ("ttir", "ttgir", "llir")
+BF16_CPU = "Triton 3.9's interpreter returns garbage for bfloat16 tl.dot; bfloat16 runs on CUDA/ROCm only"
+
+
+@dataclass(frozen=True)
+class TritonOptions(BackendOptions):
+    stages: tuple[str, ...] = ()          # extra intermediate stages to write when lowering
+    tokens: int = 256                     # token count the lowered kernels' tile configs are chosen for
+
+    def __post_init__(self):
+        super().__post_init__()
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise BackendError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
+        object.__setattr__(self, "stages", tuple(self.stages))
+
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else Path.home() / ".cache/portable_moe/triton"
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    Options = TritonOptions
+    targets = TARGETS
+
+    def availability(self, device: Device) -> str | None:
+        if device.kind in ("cpu", "cuda", "rocm"):
+            return None
+        return f"triton: runs on CUDA, ROCm and the CPU (interpreter), not on {device.kind}"
+
+    def support(self, device: Device) -> Support:
+        floats = {DType.float32, DType.float16}
+        fp8 = "fp8 compute is not defined yet"
+        declined = {"float64": "Triton has no float64 tensor-core dot; use the reference",
+                    "float8_e4m3fn": fp8, "float8_e4m3fnuz": fp8}
+        if device.kind == "cpu":
+            declined["bfloat16"] = BF16_CPU
+        else:
+            floats.add(DType.bfloat16)
+        return Support({op: frozenset(floats) for op in OPS}, declined)
+
+    def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
+        from .executable import TritonExecutable
+        from .tuning import TuningCache
+
+        self.require_supported(graph, device)
+        check_shapes(graph)
+        opts = options if isinstance(options, TritonOptions) else TritonOptions(cache_dir=options.cache_dir)
+        return TritonExecutable(graph, device, TuningCache(opts.cache_path()))
+
+    def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
+        from .lower import lower_graph
+
+        self.check_target(target)
+        device = Device(target.split(":")[0], 0, "", "", target.split(":")[1], 0, "")
+        not_lowered = []
+        for node, reason in self.unsupported(graph, device):
+            if node.op in OPS:
+                raise BackendError(f"triton cannot lower node '{node.name}' (op {node.op}) for {target}: {reason}")
+            not_lowered.append({"node": node.name, "op": node.op, "reason": reason})
+        check_shapes(graph)
+        opts = options if isinstance(options, TritonOptions) else TritonOptions(cache_dir=options.cache_dir)
+        return lower_graph(graph, target, Path(out_dir), opts, not_lowered)
+
+
+MAX_EXPERTS = 1024
+
+
+def check_shapes(graph: Graph):
+    """Refuses, before any launch, shapes the kernels do not handle (static dims they need)."""
+    values = graph.values()
+    for node in graph.nodes:
+        if node.op == "router" and values[node.inputs[1]].type.shape[0] > MAX_EXPERTS:
+            raise BackendError(f"triton: node '{node.name}' has more than {MAX_EXPERTS} experts")
+        if node.op == "grouped_matmul":
+            E, N, K = values[node.inputs[1]].type.shape
+            if not all(isinstance(d, int) for d in (E, N, K)):
+                raise BackendError(f"triton: node '{node.name}' needs a static weight shape, got {(E, N, K)}")
+            if E > MAX_EXPERTS:
+                raise BackendError(f"triton: node '{node.name}' has {E} experts > {MAX_EXPERTS}")
+        if node.op == "combine" and not isinstance(values[node.inputs[2]].type.shape[-1], int):
+            raise BackendError(f"triton: node '{node.name}' needs a static top_k")
+
+
+def lower_summary(manifest: dict) -> str:
+    from .lower import summary
+
+    return summary(manifest)
+
+
+__all__ = ["TritonBackend", "TritonOptions", "lower_summary"]

@@ -1,0 +1,10 @@
+"""The Triton kernels of the MoE hot path. One source for every device: compiled by Triton on CUDA and
+ROCm, run by Triton's interpreter on the CPU (see ..launch)."""
+
+from .combine import combine_kernel, swiglu_kernel
+from .dispatch import dispatch_kernel, gather_kernel, inverse_kernel
+from .grouped_gemm import grouped_gemm_kernel
+from .router import router_kernel
+
+__all__ = ["combine_kernel", "dispatch_kernel", "gather_kernel", "grouped_gemm_kernel", "inverse_kernel",
+           "router_kernel", "swiglu_kernel"]

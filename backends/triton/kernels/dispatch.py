@@ -1,0 +1,46 @@
+"""Dispatch kernels. Legend: T tokens, K top-k, R = T*K (token, k) pairs, E experts, H hidden.
+
+dispatch_kernel (one program): counts per expert, exclusive prefix sum (offsets), and the stable
+permutation: the pair p = t*K + k goes to row offsets[e] + (pairs before p with expert e).
+gather_kernel: rows[r] = x[order[r] // K]. inverse_kernel: inverse[order[r]] = r (for combine)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def dispatch_kernel(idx_ptr, order_ptr, offsets_ptr, R, E: tl.constexpr, BLOCK_E: tl.constexpr,
+                    BLOCK_R: tl.constexpr):
+    e = tl.arange(0, BLOCK_E)
+    counts_E = tl.full([BLOCK_E], 0, dtype=tl.int64)
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        expert = tl.load(idx_ptr + r, mask=r < R, other=BLOCK_E)
+        counts_E += tl.sum(tl.where(expert[:, None] == e[None, :], 1, 0).to(tl.int64), axis=0)
+    starts_E = tl.cumsum(counts_E, axis=0) - counts_E
+    tl.store(offsets_ptr + e, starts_E, mask=e < E)
+    tl.store(offsets_ptr + E + e, tl.sum(counts_E, axis=0) + e * 0, mask=e == 0)
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        expert = tl.load(idx_ptr + r, mask=r < R, other=BLOCK_E)
+        onehot_RE = tl.where(expert[:, None] == e[None, :], 1, 0).to(tl.int64)
+        before_RE = tl.cumsum(onehot_RE, axis=0) - onehot_RE
+        pos_R = tl.sum((before_RE + starts_E[None, :]) * onehot_RE, axis=1)
+        tl.store(order_ptr + pos_R, r.to(tl.int64), mask=r < R)
+        starts_E += tl.sum(onehot_RE, axis=0)
+
+
+@triton.jit
+def gather_kernel(x_ptr, order_ptr, rows_ptr, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    t = tl.load(order_ptr + r) // TOP_K
+    v = tl.load(x_ptr + t * H + h, mask=h < H)
+    tl.store(rows_ptr + r * H + h, v, mask=h < H)
+
+
+@triton.jit
+def inverse_kernel(order_ptr, inverse_ptr, R, BLOCK_R: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    p = tl.load(order_ptr + r, mask=r < R, other=0)
+    tl.store(inverse_ptr + p, r.to(tl.int64), mask=r < R)

@@ -1,0 +1,93 @@
+"""Router kernel: one program per token. Logits (fp32), scores (softmax / sigmoid / raw), selection
+bias, group-limited masking, top-k with ties to the lower index, renormalisation and scaling.
+
+Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
+
+import triton
+import triton.language as tl
+
+SOFTMAX, SIGMOID, SOFTMAX_TOPK = 0, 1, 2
+
+
+@triton.jit
+def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, logits_ptr, H, scaling,
+                  E: tl.constexpr, TOP_K: tl.constexpr, SCORING: tl.constexpr, NUM_GROUPS: tl.constexpr,
+                  TOP_GROUPS: tl.constexpr, GROUP_TOP2: tl.constexpr, NORMALIZE: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HAS_SCORE_BIAS: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    e = tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    logits_E = tl.full([BLOCK_E], 0, dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < H
+        x_H = tl.load(x_ptr + t * H + h, mask=h_ok, other=0.0).to(tl.float32)
+        w_EH = tl.load(w_ptr + e[:, None] * H + h[None, :], mask=e_ok[:, None] & h_ok[None, :], other=0.0)
+        logits_E += tl.sum(w_EH.to(tl.float32) * x_H[None, :], axis=1)
+    if HAS_BIAS:
+        logits_E += tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
+    tl.store(logits_ptr + t * E + e, logits_E, mask=e_ok)
+
+    neg_inf = float("-inf")
+    if SCORING == 0:
+        z = tl.where(e_ok, logits_E, neg_inf)
+        p = tl.exp(z - tl.max(z, axis=0))
+        scores_E = p / tl.sum(p, axis=0)
+    elif SCORING == 1:
+        scores_E = 1.0 / (1.0 + tl.exp(-logits_E))
+    else:
+        scores_E = logits_E
+    sel_E = scores_E
+    if HAS_SCORE_BIAS:
+        sel_E += tl.load(score_bias_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
+    sel_E = tl.where(e_ok, sel_E, neg_inf)
+
+    if NUM_GROUPS > 1:
+        per_group: tl.constexpr = E // NUM_GROUPS
+        g = tl.arange(0, BLOCK_G)
+        group_G = tl.full([BLOCK_G], neg_inf, dtype=tl.float32)
+        for gi in tl.static_range(NUM_GROUPS):
+            in_g = (e // per_group == gi) & e_ok
+            v = tl.where(in_g, sel_E, neg_inf)
+            best = tl.max(v, axis=0)
+            if GROUP_TOP2:
+                first = tl.min(tl.where((v == best) & in_g, e, BLOCK_E), axis=0)
+                best += tl.max(tl.where(e == first, neg_inf, v), axis=0)
+            group_G = tl.where(g == gi, best, group_G)
+        kept_G = g < 0
+        for _ in tl.static_range(TOP_GROUPS):
+            free_G = ~kept_G & (g < NUM_GROUPS)
+            nan_G = (group_G != group_G) & free_G
+            cand = tl.where(~free_G | nan_G, neg_inf, group_G)
+            top = tl.max(cand, axis=0)
+            pick = tl.min(tl.where((cand == top) & free_G & ~nan_G, g, BLOCK_G), axis=0)
+            pick = tl.where(tl.max(nan_G.to(tl.int32), axis=0) > 0, tl.min(tl.where(nan_G, g, BLOCK_G), axis=0), pick)
+            kept_G = kept_G | (g == pick)
+        kept_E = tl.sum(tl.where((e[:, None] // per_group == g[None, :]) & kept_G[None, :], 1, 0), axis=1) > 0
+        sel_E = tl.where(kept_E & e_ok, sel_E, neg_inf)
+
+    k = tl.arange(0, BLOCK_K)
+    taken_E = e < 0
+    idx_K = tl.full([BLOCK_K], 0, dtype=tl.int64)
+    w_K = tl.full([BLOCK_K], 0, dtype=tl.float32)
+    for ki in tl.static_range(TOP_K):
+        free_E = ~taken_E & e_ok
+        nan_E = (sel_E != sel_E) & free_E          # NaN ranks first, like a descending torch.sort
+        cand = tl.where(taken_E | ~e_ok | nan_E, neg_inf, sel_E)
+        top = tl.max(cand, axis=0)
+        pick = tl.min(tl.where((cand == top) & free_E & ~nan_E, e, BLOCK_E), axis=0)
+        pick = tl.where(tl.max(nan_E.to(tl.int32), axis=0) > 0, tl.min(tl.where(nan_E, e, BLOCK_E), axis=0), pick)
+        taken_E = taken_E | (e == pick)
+        idx_K = tl.where(k == ki, pick.to(tl.int64), idx_K)
+        w_K = tl.where(k == ki, tl.sum(tl.where(e == pick, scores_E, 0.0), axis=0), w_K)
+    k_ok = k < TOP_K
+    if SCORING == 2:
+        z = tl.where(k_ok, w_K, neg_inf)
+        p = tl.exp(z - tl.max(z, axis=0))
+        w_K = p / tl.sum(p, axis=0)
+    elif NORMALIZE:
+        w_K = w_K / tl.sum(tl.where(k_ok, w_K, 0.0), axis=0)
+    w_K = w_K * scaling
+    tl.store(weights_ptr + t * TOP_K + k, w_K.to(weights_ptr.dtype.element_ty), mask=k_ok)
+    tl.store(idx_ptr + t * TOP_K + k, idx_K, mask=k_ok)

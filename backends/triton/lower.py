@@ -1,0 +1,182 @@
+"""Ahead-of-time lowering: every kernel instance of a graph compiled by Triton for a named GPU target on
+any machine (no GPU needed): PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD), intermediate stages on
+request, manifest.json. Compiled kernels are cached on disk (cache_dir/lower/<key>/), keyed by kernel
+source, signature, constexprs, launch options, target and Triton version."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from ...ir import Graph
+from ..base import BackendError, write_manifest
+from . import kernels
+from .launch import SCORING, pow2
+from .tuning import TuningCache
+
+KERNEL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
+TL_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
+                       "gfx942": "v_mfma", "gfx1100": "v_wmma"}
+
+
+def gpu_target(target: str) -> GPUTarget:
+    vendor, arch = target.split(":")
+    if vendor == "cuda":
+        return GPUTarget("cuda", int(arch.removeprefix("sm_")), 32)
+    return GPUTarget("hip", arch, 32 if arch.startswith("gfx11") else 64)
+
+
+def binary_stages(target: str) -> tuple[str, str]:
+    return ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
+
+
+def instance(name: str, nodes: list[str], signature: dict, constexprs: dict, config: dict | None = None,
+             num_warps: int = 4, num_stages: int = 3) -> dict:
+    sig = dict(signature)
+    sig.update({k: "constexpr" for k in constexprs})
+    return {"kernel": name, "nodes": nodes, "signature": sig, "constexprs": constexprs, "tile_config": config,
+            "num_warps": num_warps, "num_stages": num_stages}
+
+
+def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int) -> list[dict]:
+    """One kernel instance per (kernel, signature, constexprs, options); nodes sharing one are merged."""
+    from .executable import fusable_swiglu
+
+    values, fused = graph.values(), fusable_swiglu(graph)
+    fused_away = {n.name for n in fused.values()}
+    arch = target.split(":")[1]
+    found: dict[str, dict] = {}
+    for node in graph.nodes:
+        if node.name in fused_away or node.op not in KERNEL_OPS:
+            continue
+        dt = TL_DTYPES[values[node.inputs[0]].type.dtype.value]
+        for inst in kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused):
+            k = json.dumps({x: inst[x] for x in ("kernel", "signature", "constexprs", "num_warps", "num_stages")},
+                           sort_keys=True)
+            if k in found:
+                found[k]["nodes"].append(node.name)
+            else:
+                found[k] = inst
+    return list(found.values())
+
+
+def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict]:
+    a, n = node.attrs, [node.name]
+    if node.op == "router":
+        E, H = values[node.inputs[1]].type.shape
+        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "score_bias_ptr": "*fp32",
+               "weights_ptr": f"*{dt}", "idx_ptr": "*i64", "logits_ptr": "*fp32", "H": "i32", "scaling": "fp32"}
+        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": SCORING[a["scoring"]], "NUM_GROUPS": a["num_groups"],
+              "TOP_GROUPS": a["top_groups"], "GROUP_TOP2": a["group_score"] == "top2_sum",
+              "NORMALIZE": a["normalize"], "HAS_BIAS": node.inputs[2] is not None,
+              "HAS_SCORE_BIAS": node.inputs[3] is not None, "BLOCK_E": pow2(E), "BLOCK_H": min(pow2(H), 128),
+              "BLOCK_K": pow2(a["top_k"]), "BLOCK_G": pow2(a["num_groups"])}
+        return [instance("router_kernel", n, sig, ce)]
+    if node.op == "dispatch":
+        E, K = a["num_experts"], values[node.inputs[1]].type.shape[-1]
+        return [instance("dispatch_kernel", n, {"idx_ptr": "*i64", "order_ptr": "*i64", "offsets_ptr": "*i64",
+                                                "R": "i32"}, {"E": E, "BLOCK_E": pow2(E), "BLOCK_R": 64}),
+                instance("gather_kernel", n, {"x_ptr": f"*{dt}", "order_ptr": "*i64", "rows_ptr": f"*{dt}",
+                                              "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256})]
+    if node.op == "grouped_matmul":
+        E, N, K = values[node.inputs[1]].type.shape
+        dtype = values[node.inputs[0]].type.dtype.value
+        cfg, _ = tuning.get(arch, dtype, N, K, tokens)
+        precision = "tf32x3" if dt == "fp32" and arch.startswith("sm") else "ieee"
+        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "offsets_ptr": "*i64",
+               "scale_ptr": f"*{dt}", "order_ptr": "*i64", "N_OUT": "i32", "K": "i32"}
+        ce = {"E": E, "SWIGLU": fuse_swiglu, "SCALE": False, "PRECISION": precision, "BLOCK_E": pow2(E),
+              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
+        return [instance("grouped_gemm_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages)]
+    if node.op == "swiglu":
+        return [instance("swiglu_kernel", n, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "F": "i32"}, {"BLOCK_F": 256})]
+    if node.op == "combine":
+        K = values[node.inputs[2]].type.shape[-1]
+        return [instance("inverse_kernel", n, {"order_ptr": "*i64", "inverse_ptr": "*i64", "R": "i32"},
+                         {"BLOCK_R": 256}),
+                instance("combine_kernel", n, {"y_ptr": f"*{dt}", "inverse_ptr": "*i64", "w_ptr": f"*{dt}",
+                                               "out_ptr": f"*{dt}", "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256})]
+    raise BackendError(f"triton: no kernel for node '{node.name}' (op {node.op})")
+
+
+def cache_key(inst: dict, target: str, stages: tuple[str, ...]) -> str:
+    src = inspect.getsource(getattr(kernels, inst["kernel"]).fn)
+    blob = json.dumps([src, {k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
+                       target, sorted(stages), triton.__version__], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Path) -> dict:
+    """Compiles one kernel instance into the cache entry directory; returns its metadata."""
+    fn = getattr(kernels, inst["kernel"])
+    src = ASTSource(fn=fn, signature=inst["signature"], constexprs=inst["constexprs"])
+    try:
+        compiled = triton.compile(src, target=gpu_target(target),
+                                  options={"num_warps": inst["num_warps"], "num_stages": inst["num_stages"],
+                                           "enable_fp_fusion": True})
+    except Exception as err:
+        raise BackendError(f"triton: compiling {inst['kernel']} for {target} failed: {err}".splitlines()[0]) from err
+    entry.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for stage in (*stages, *binary_stages(target)):
+        data = compiled.asm[stage]
+        (entry / stage).write_bytes(data if isinstance(data, bytes) else data.encode())
+        files[stage] = stage
+    meta = {"shared_memory": compiled.metadata.shared, "name": compiled.metadata.name, "stages": files}
+    (entry / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def count_matrix_instructions(text: str, target: str) -> int:
+    return text.count(MATRIX_INSTRUCTIONS[target.split(":")[1]])
+
+
+def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: list[dict]) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_root = options.cache_path() / "lower"
+    tuning = TuningCache(options.cache_path())
+    asm_stage, bin_stage = binary_stages(target)
+    entries, hits = [], 0
+    for i, inst in enumerate(node_instances(graph, target, tuning, options.tokens)):
+        entry = cache_root / cache_key(inst, target, options.stages)
+        hit = (entry / "meta.json").exists()
+        meta = json.loads((entry / "meta.json").read_text()) if hit else compile_instance(
+            inst, target, options.stages, entry)
+        hits += hit
+        kid = f"{i:02d}_{inst['kernel']}"
+        artifacts = {}
+        for stage in meta["stages"]:
+            name = f"{kid}.{stage}"
+            shutil.copyfile(entry / stage, out_dir / name)
+            artifacts[stage] = name
+        asm = (out_dir / artifacts[asm_stage]).read_text()
+        size = sum((out_dir / name).stat().st_size for name in artifacts.values())
+        entries.append({**inst, "id": kid, "target": target, "symbol": meta["name"], "bytes": size,
+                        "shared_memory": meta["shared_memory"], "artifacts": artifacts, "cache_hit": hit,
+                        "matrix_instructions": {MATRIX_INSTRUCTIONS[target.split(":")[1]]:
+                                                count_matrix_instructions(asm, target)}})
+    return write_manifest(out_dir, "triton", target, graph, entries, triton_version=triton.__version__,
+                          cache={"dir": str(cache_root), "hits": hits, "misses": len(entries) - hits},
+                          not_lowered=not_lowered)
+
+
+def summary(manifest: dict) -> str:
+    """One line: target, kernels, artifact bytes, matrix instructions in the grouped GEMMs, cache hits."""
+    total = sum(k.get("bytes", 0) for k in manifest["kernels"])
+    gemm = [k for k in manifest["kernels"] if k["kernel"] == "grouped_gemm_kernel"]
+    instr = {}
+    for k in gemm:
+        for name, count in k["matrix_instructions"].items():
+            instr[name] = instr.get(name, 0) + count
+    found = ", ".join(f"{n} x{c}" for n, c in instr.items()) or "none"
+    cache = manifest.get("cache", {})
+    return (f"{manifest['target']}: {len(manifest['kernels'])} kernels, {total} bytes, grouped GEMM matrix "
+            f"instructions: {found}, cache hits {cache.get('hits', 0)}/{len(manifest['kernels'])}")
