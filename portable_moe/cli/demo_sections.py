@@ -78,6 +78,38 @@ def balance(graph, params, device, out):
     print(f"plot: {out / 'placement.png'}")
 
 
+AOT_TARGETS = (("triton", "cuda:sm_80"), ("triton", "cuda:sm_90"), ("triton", "rocm:gfx90a"), ("triton", "rocm:gfx942"),
+               ("tvm", "cuda:sm_90"), ("tvm", "rocm:gfx942"), ("tvm", "opencl"), ("tvm", "metal"))
+
+
+def manifest_line(manifest: dict, seconds: float) -> str:
+    kernels = manifest["kernels"]
+    kinds = sorted({stage for k in kernels for stage in k.get("artifacts", {})})
+    matrix: dict[str, int] = {}
+    for k in kernels:
+        for name, count in (k.get("matrix_instructions") or {}).items():
+            matrix[name] = matrix.get(name, 0) + count
+    found = ", ".join(f"{n} x{c}" for n, c in matrix.items() if c) or "-"
+    hits = sum(1 for k in kernels if k.get("cache_hit"))
+    return (f"{manifest['backend']:7} {manifest['target']:12} {len(kernels):2} kernels  {'/'.join(kinds):24} "
+            f"matrix instructions: {found:18} cache hits {hits}/{len(kernels)}  {seconds:4.1f}s")
+
+
+def ahead_of_time(graph, params, device, out):
+    """The same model lowered for GPUs this machine does not have."""
+    from ..runtime.compile import options_for
+
+    for name, target in AOT_TARGETS:
+        backend = registry.load(name)
+        if isinstance(backend, str):
+            print(f"{name:7} {target:12} unavailable: {backend}")
+            continue
+        t0 = time.perf_counter()
+        manifest = backend.lower(graph, target, out / f"{name}-{target.replace(':', '_')}", options_for(backend, None))
+        print(manifest_line(manifest, time.perf_counter() - t0))
+    print(f"artifacts and manifest.json per target under {out}")
+
+
 def hugging_face(graph, params, device, out):
     """A tiny random transformers Mixtral, imported into the IR, run here, checked against transformers."""
     from ..hf.demo import demo_summary
@@ -89,6 +121,7 @@ def hugging_face(graph, params, device, out):
 
 SECTIONS: dict[str, Section] = {
     "backends": Section("every backend that executes here, on the same model", backends_table),
+    "compile": Section("ahead-of-time compilation for NVIDIA and AMD GPUs (no GPU needed)", ahead_of_time),
     "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
     "hf": Section("a Hugging Face model imported (transformers Mixtral, tiny, random weights)", hugging_face),
 }
