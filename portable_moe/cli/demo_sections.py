@@ -110,6 +110,14 @@ def ahead_of_time(graph, params, device, out):
     print(f"artifacts and manifest.json per target under {out}")
 
 
+def training(graph, params, device, out):
+    """Expert-parallel training: two gloo ranks on different backends, the balancer re-planning mid-run."""
+    from ..train.demo import demo
+
+    for line in demo():
+        print(line)
+
+
 def hugging_face(graph, params, device, out):
     """A tiny random transformers Mixtral, imported into the IR, run here, checked against transformers."""
     from ..hf.demo import demo_summary
@@ -123,6 +131,7 @@ SECTIONS: dict[str, Section] = {
     "backends": Section("every backend that executes here, on the same model", backends_table),
     "compile": Section("ahead-of-time compilation for NVIDIA and AMD GPUs (no GPU needed)", ahead_of_time),
     "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
+    "train": Section("expert-parallel training, 2 ranks with different backends (torchrun + gloo)", training),
     "hf": Section("a Hugging Face model imported (transformers Mixtral, tiny, random weights)", hugging_face),
 }
 NAMES = tuple(SECTIONS)

@@ -1,0 +1,63 @@
+"""Measure a device's expert throughput (tokens/s) with a GEMM micro-benchmark."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .cluster import BalanceError
+
+
+def calibrate(
+    run_gemm: Callable[[], object],
+    tokens: int,
+    hidden: int | None = None,
+    ffn: int | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    sync: Callable[[], object] | None = None,
+) -> float:
+    """Time `run_gemm()` (one expert's work on `tokens` tokens) and return tokens per second (best of
+    `repeats`). hidden/ffn are recorded for the caller's bookkeeping only; `sync` waits for the device."""
+    if tokens <= 0 or repeats <= 0:
+        raise BalanceError(
+            f"calibrate needs tokens > 0 and repeats > 0, got tokens={tokens}, repeats={repeats}"
+        )
+    for _ in range(warmup):
+        run_gemm()
+    if sync:
+        sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_gemm()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - t0)
+    return tokens / max(best, 1e-9)
+
+
+def calibrate_torch(
+    device: str = "cpu", dtype=None, hidden: int = 1024, ffn: int = 512, tokens: int = 256, repeats: int = 5
+) -> float:
+    """Tokens/s of one expert (x[T,H] @ w1[H,2F], silu(gate) * up, @ w2[F,H]) in torch on `device`."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, hidden, generator=g).to(device, dtype)
+    w1 = (torch.randn(hidden, 2 * ffn, generator=g) / hidden**0.5).to(device, dtype)
+    w2 = (torch.randn(ffn, hidden, generator=g) / ffn**0.5).to(device, dtype)
+
+    def run():
+        h = x @ w1
+        return (torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]) @ w2
+
+    dev = torch.device(device)
+    sync = None
+    if dev.type == "cuda":
+        sync = torch.cuda.synchronize
+    elif dev.type == "mps":
+        sync = torch.mps.synchronize
+    with torch.no_grad():
+        return calibrate(run, tokens, hidden, ffn, repeats=repeats, sync=sync)

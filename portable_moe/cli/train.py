@@ -1,0 +1,88 @@
+"""`portable-moe train`: expert-parallel training across heterogeneous ranks, launched through torchrun on
+this machine (standalone rendezvous on 127.0.0.1), or printed as a torchrun line for multi-node use."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from portable_moe.train import TrainConfig, TrainError, launch
+from portable_moe.train.report import write_report
+
+
+def csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in csv(text))
+    except ValueError:
+        raise TrainError(f"--speeds {text!r} must be comma-separated numbers, e.g. 1,0.5") from None
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="expert-parallel training across heterogeneous devices")
+    p.add_argument("--config", default="debug", help="model preset (default: debug)")
+    p.add_argument("--nproc", type=int, default=2, help="ranks (one per device)")
+    p.add_argument("--devices", default=None, help="device per rank, e.g. cpu,cpu,cuda:0 (default: cpu each)")
+    p.add_argument("--backends", default=None, help="backend per rank, e.g. reference,tvm,triton")
+    p.add_argument("--speeds", default="", help="emulated relative speed per rank, e.g. 1,0.5 (default: all 1)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch", type=int, default=None, help="global sequences per step (default: 4 per rank)")
+    p.add_argument("--seq", type=int, default=16)
+    p.add_argument("--placement", choices=("even", "balanced"), default="balanced")
+    p.add_argument("--replan-every", type=int, default=0, help="re-plan expert placement every N steps")
+    p.add_argument("--max-move-bytes", type=int, default=None)
+    p.add_argument("--aux-loss", type=float, default=0.0, help="Switch/GShard balancing loss coefficient")
+    p.add_argument("--aux-free-rate", type=float, default=0.0, help="DeepSeek-V3 bias update rate (e.g. 1e-3)")
+    p.add_argument("--capacity-factor", type=float, default=0.0, help="0 = dropless")
+    p.add_argument("--bridge", default="gloo", help="cross-vendor process-group backend")
+    p.add_argument("--checkpoint", default="", help="checkpoint directory")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a failure")
+    p.add_argument("--timeout", type=float, default=60.0, help="process-group timeout (s): a hung rank fails the job")
+    p.add_argument("--report", default="train-report", help="directory for report.json and loss.png")
+    p.add_argument("--print-command", action="store_true", help="print the torchrun line instead of running")
+    p.add_argument("--nnodes", type=int, default=1, help="with --print-command: number of nodes")
+    p.add_argument("--json", action="store_true", help="print the report JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def config_of(args) -> TrainConfig:
+    n = args.nproc
+    devices = csv(args.devices) if args.devices else ("cpu",) * n
+    backends = csv(args.backends) if args.backends else ("reference",) * n
+    if len(devices) != n:
+        raise TrainError(f"--devices names {len(devices)} device(s) but --nproc is {n}")
+    return TrainConfig(model=args.config, devices=devices, backends=backends, speeds=floats(args.speeds),
+                       steps=args.steps, batch=args.batch or 4 * n, seq=args.seq, placement=args.placement,
+                       replan_every=args.replan_every, max_move_bytes=args.max_move_bytes, aux_loss=args.aux_loss,
+                       aux_free_rate=args.aux_free_rate, capacity_factor=args.capacity_factor,
+                       bridge=args.bridge, timeout_s=args.timeout, checkpoint=args.checkpoint,
+                       checkpoint_every=args.checkpoint_every if args.checkpoint else 0, resume=args.resume)
+
+
+def run(args) -> int:
+    try:
+        cfg = config_of(args)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report_dir = Path(args.report)
+    if args.print_command:
+        print(launch.print_command(cfg, report_dir, args.nnodes))
+        return 0
+    result = launch.run(cfg, report_dir, max_restarts=args.max_restarts,
+                        show=None if args.json else lambda line: print(line, flush=True))
+    if result.returncode != 0:
+        print(f"error: training failed (exit {result.returncode}); last lines of the ranks' output:", file=sys.stderr)
+        print("\n".join(result.stderr.strip().splitlines()[-15:]), file=sys.stderr)
+        return 1
+    steps = sorted({s["step"]: s for s in result.steps}.values(), key=lambda s: s["step"])
+    report = write_report(report_dir, cfg, steps, result.ranks)
+    print(json.dumps(report, indent=1) if args.json else "\n".join(report["summary"] + [
+        f"report: {report_dir / 'report.json'}, {report_dir / 'loss.png'}"]))
+    return 0

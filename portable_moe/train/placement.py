@@ -1,0 +1,62 @@
+"""The one adapter between the load balancer (portable_moe.balance) and training: a cluster made of
+this job's ranks, the initial placement, and a Placement read as dense tables.
+
+Legend: L layers, E experts, W ranks (= the cluster's devices, in rank order)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import balance
+from .comm import vendor_of
+from .config import TrainConfig
+
+HEADROOM = 1.5  # expert slots per rank: 1.5x its speed-proportional share, so hot experts can be replicated
+
+
+def cluster_of(cfg: TrainConfig, experts: int, expert_bytes: int) -> balance.Cluster:
+    """The job's ranks as the balancer's devices; memory is sized in expert slots (speed-proportional with
+    headroom) so the plan spreads experts instead of copying every expert everywhere."""
+    speeds = [cfg.speed(r) for r in range(cfg.world)]
+    slots = [max(1, math.ceil(HEADROOM * experts * s / sum(speeds))) for s in speeds]
+    return balance.Cluster(tuple(balance.Device(name=f"rank{r}", vendor=vendor_of(d), model=d, node=0,
+                                                throughput=speeds[r], memory_bytes=slots[r] * expert_bytes)
+                                 for r, d in enumerate(cfg.devices)))
+
+
+def initial(cfg: TrainConfig, layers: int, experts: int, expert_bytes: int) -> balance.Placement:
+    """even: one copy per expert, round-robin. balanced: the balancer's plan for uniform load on these
+    ranks' speeds (uneven expert counts and replicas in proportion to speed)."""
+    uniform = np.ones((layers, experts))
+    if cfg.placement == "even":
+        return balance.even_placement(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
+    return balance.plan(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
+
+
+def replan(loads: np.ndarray, cfg: TrainConfig, expert_bytes: int,
+           previous: balance.Placement | None = None) -> balance.Placement:
+    """From observed loads [L, E]; with `previous`, incrementally within cfg.max_move_bytes."""
+    cluster = cluster_of(cfg, loads.shape[1], expert_bytes)
+    if previous is None:
+        return balance.plan(loads, cluster, expert_bytes)
+    return balance.plan(loads, cluster, expert_bytes, previous=previous, max_move_bytes=cfg.max_move_bytes)
+
+
+def tables(placement: balance.Placement, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> share_LEW (fraction of expert e's tokens served on rank d), hosts_LEW (rank d holds expert e).
+    Reads only the public JSON form, so the balancer's internals may change freely."""
+    obj = placement.to_json()
+    L, E = len(obj["layers"]), obj["num_experts"]
+    share, hosts = torch.zeros(L, E, world, dtype=torch.float64), torch.zeros(L, E, world, dtype=torch.bool)
+    for i, layer in enumerate(obj["layers"]):
+        for rep in layer["replicas"]:
+            share[i, rep["expert"], rep["device"]] += rep["share"]
+            hosts[i, rep["expert"], rep["device"]] = True
+    return share / share.sum(-1, keepdim=True).clamp_min(1e-12), hosts
+
+
+def from_json(obj: dict, cfg: TrainConfig) -> balance.Placement:
+    return balance.placement_from_json(obj, cluster_of(cfg, obj["num_experts"], obj["expert_bytes"]))

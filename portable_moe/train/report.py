@@ -1,0 +1,49 @@
+"""The run report: report.json (config, per-step loss / tokens/s / imbalance, per-rank backend, experts
+hosted and rows computed, bytes moved by re-planning) and loss.png (the loss curve)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def summarize(steps: list[dict], ranks: list[dict]) -> list[str]:
+    """A few human lines: loss first -> last, throughput, imbalance, bytes moved, backend per rank."""
+    if not steps:
+        return ["no steps ran"]
+    tps = [s["tokens_per_s"] for s in steps[1:]] or [steps[0]["tokens_per_s"]]
+    lines = [f"loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f} over {len(steps)} steps",
+             f"throughput {sorted(tps)[len(tps) // 2]:.0f} tokens/s (median, first step excluded)",
+             f"rank load imbalance (max/mean of rows/speed) last step {steps[-1]['imbalance']:.2f}",
+             f"re-plan moved {sum(s.get('moved_bytes', 0) for s in steps) / 1e6:.3f} MB of expert weights"]
+    for r in sorted(ranks, key=lambda r: r["rank"]):
+        why = f" (fell back: {r['fallback_reason']})" if r.get("fallback_reason") else ""
+        lines.append(f"rank {r['rank']}: experts on {r['backend']}{why}, {r['experts_hosted']} experts hosted")
+    return lines
+
+
+def write_report(where: Path, cfg: TrainConfig, steps: list[dict], ranks: list[dict]) -> dict:
+    where.mkdir(parents=True, exist_ok=True)
+    rows = steps[-1]["rank_rows"] if steps else []
+    report = {"config": json.loads(cfg.to_json()), "steps": steps, "ranks": ranks,
+              "per_rank_rows_last_step": rows, "summary": summarize(steps, ranks)}
+    (where / "report.json").write_text(json.dumps(report, indent=1))
+    plot_loss(where / "loss.png", steps)
+    return report
+
+
+def plot_loss(path: Path, steps: list[dict]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,79 @@
+"""Fast, single-process checks of the pieces: replica split, config errors, checkpoint atomicity,
+migration order, the torchrun line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from portable_moe.ir import PortableMoeError
+from portable_moe.train import TrainConfig, TrainError, checkpoint, launch
+from portable_moe.train.balance_loop import transfers
+from portable_moe.train.expert_parallel import replica_destinations
+
+
+def test_replicas_split_each_experts_tokens_by_cumulative_share():
+    e_R = torch.tensor([0, 1, 0, 0, 1, 0, 2, 0])
+    share_EW = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.25, 0.0, 0.75]])
+    d_R = replica_destinations(e_R, share_EW)
+    # expert 0 has 5 pairs: round(2.5)=2 to rank 0 (first in token order), the other 3 to rank 1
+    assert d_R[e_R == 0].tolist() == [0, 0, 1, 1, 1]
+    assert d_R[e_R == 1].tolist() == [2, 2]
+    assert d_R[e_R == 2].tolist() == [2]
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(TrainError, match="backends has 1 entries but devices has 2"):
+        TrainConfig(devices=("cpu", "cpu"), backends=("reference",))
+    with pytest.raises(TrainError, match="batch=5 is not divisible"):
+        TrainConfig(batch=5)
+    with pytest.raises(PortableMoeError, match="resume needs a checkpoint"):
+        TrainConfig(resume=True)
+
+
+def test_interrupted_save_leaves_latest_checkpoint_intact(tmp_path):
+    root = tmp_path / "ckpt"
+    tmp = checkpoint.prepare(root, 2)
+    checkpoint.write_shard(tmp, 0, {"param/w": torch.ones(3)})
+    checkpoint.commit(root, 2, {"step": 2})
+    tmp = checkpoint.prepare(root, 4)  # a crash after writing a shard of step 4, before commit
+    checkpoint.write_shard(tmp, 0, {"param/w": torch.zeros(3)})
+    found = checkpoint.latest(root)
+    assert found.name == "step-00000002"
+    index = checkpoint.read_index(found)
+    assert checkpoint.load_tensors(found, index, ["param/w"])["param/w"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(TrainError, match="lacks 1 tensor"):
+        checkpoint.load_tensors(found, index, ["param/missing"])
+
+
+def test_migration_sources_are_the_lowest_previous_holder():
+    old = torch.zeros(1, 3, 3, dtype=torch.bool)
+    new = torch.zeros(1, 3, 3, dtype=torch.bool)
+    old[0, 0, [1, 2]] = True
+    old[0, 1, 0] = old[0, 2, 2] = True
+    new[0, 0, 0] = new[0, 1, 0] = new[0, 1, 2] = new[0, 2, 2] = True
+    assert transfers(old, new) == [(0, 0, 1, 0), (0, 1, 0, 2)]
+
+
+def test_print_command_is_a_torchrun_line(tmp_path):
+    cfg = TrainConfig(devices=("cpu",) * 4, backends=("reference", "tvm", "triton", "reference"), batch=8)
+    line = launch.print_command(cfg, tmp_path, nnodes=2, endpoint="node0:29500")
+    assert "torch.distributed.run" in line and "--nnodes=2" in line and "--nproc-per-node=2" in line
+    assert "--rdzv-endpoint=node0:29500" in line and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in line
+    assert (tmp_path / "train_config.json").exists()
+
+
+def test_cli_prints_the_torchrun_command(tmp_path, capsys):
+    import argparse
+
+    from portable_moe.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--nproc", "2", "--backends", "reference,tvm", "--steps", "3",
+                              "--report", str(tmp_path), "--print-command"])
+    assert args.func(args) == 0
+    assert "portable_moe.train.worker" in capsys.readouterr().out
+    bad = parser.parse_args(["train", "--nproc", "3", "--devices", "cpu,cpu", "--report", str(tmp_path)])
+    assert bad.func(bad) == 2
+    assert "--devices names 2 device(s) but --nproc is 3" in capsys.readouterr().err
