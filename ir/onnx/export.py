@@ -4,6 +4,7 @@ anything with __array__); torch tensors are converted by the caller."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,11 +15,14 @@ from onnx import helper, numpy_helper
 from ..errors import IRError
 from ..graph import Graph
 from ..serialize import to_json
+from ..types import DType
 from ..verify import verify
 from . import lower_moe, lower_ops
 from .builder import IR_VERSION, ONNX_DTYPES, OPSET, OnnxBuilder, value_info
+from .fuse import ExpertFFN, expert_ffns
 
 IR_METADATA_KEY = "portable_moe.ir"
+NODES_KEY = "portable_moe.nodes_sha256"     # the IR is trusted on import only if the nodes are unchanged
 PRODUCER = "portable_moe"
 
 LOWERINGS = {
@@ -50,9 +54,24 @@ def initializer(graph: Graph, params: Mapping, name: str) -> onnx.TensorProto:
     return tensor
 
 
-def lower_graph(graph: Graph, b: OnnxBuilder):
+def lower_fused(b: OnnxBuilder, chain: ExpertFFN, types):
+    rows, w_gate_up, offsets = chain.gate_up.inputs
+    w_type = types[w_gate_up]
+    y = lower_moe.expert_ffn(b, rows, w_gate_up, chain.down.inputs[1], offsets,
+                             lower_ops.static(w_type.shape[0], "expert count"), w_type.shape[1] // 2)
+    b.op_into("Identity", [y], [chain.down.outputs[0].name])
+
+
+def lower_graph(graph: Graph, b: OnnxBuilder, fuse: bool = True):
     types = {k: v.type for k, v in graph.values().items()}
+    chains = expert_ffns(graph) if fuse else {}
+    skip = {c.swiglu.name for c in chains.values()} | {c.down.name for c in chains.values()}
     for node in graph.nodes:
+        if node.name in chains:
+            lower_fused(b, chains[node.name], types)
+            continue
+        if node.name in skip:
+            continue
         lowering = LOWERINGS.get(node.op)
         if lowering is None:
             raise IRError("no ONNX lowering for this op", node.name, node.op)
@@ -66,12 +85,16 @@ def lower_graph(graph: Graph, b: OnnxBuilder):
 
 
 def export(graph: Graph, params: Mapping | None = None, *, params_as_inputs: bool = False,
-           keep_ir: bool = True) -> onnx.ModelProto:
+           keep_ir: bool = True, fuse: bool = True) -> onnx.ModelProto:
     """The ONNX model of a verified graph: graph inputs (then params, when params_as_inputs) as model
     inputs, params otherwise as initializers, symbolic dims as dim_params."""
     verify(graph)
+    fp8 = [v.name for v in graph.values().values() if v.type.dtype in (DType.float8_e4m3fn, DType.float8_e4m3fnuz)]
+    if fp8:
+        raise IRError(f"ONNX export of fp8 values ({', '.join(fp8[:3])}...) is not supported: the IR defines no "
+                      "fp8 compute yet; cast the model to bfloat16 or float16")
     b = OnnxBuilder()
-    lower_graph(graph, b)
+    lower_graph(graph, b, fuse)
     values = graph.values()
     inputs = [value_info(v.name, v.type.dtype, v.type.shape) for v in graph.inputs]
     if params_as_inputs:
@@ -84,8 +107,15 @@ def export(graph: Graph, params: Mapping | None = None, *, params_as_inputs: boo
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name=PRODUCER)
     if keep_ir:
-        helper.set_model_props(model, {IR_METADATA_KEY: to_json(graph)})
+        helper.set_model_props(model, {IR_METADATA_KEY: to_json(graph), NODES_KEY: nodes_digest(onnx_graph)})
     return model
+
+
+def nodes_digest(graph: onnx.GraphProto) -> str:
+    h = hashlib.sha256()
+    for node in graph.node:
+        h.update(node.SerializeToString(deterministic=True))
+    return h.hexdigest()
 
 
 def check(model: onnx.ModelProto | str | Path) -> None:

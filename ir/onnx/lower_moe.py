@@ -102,6 +102,19 @@ def grouped_matmul(b, ins, types):
     return [from_acc(b, b.op1("Concat", *pieces, axis=0), dt)]
 
 
+def expert_ffn(b, x, w_gate_up, w_down, offsets, experts: int, width: int):
+    """Per expert: down(silu(x @ gate^T) * (x @ up^T)); x, weights already in the compute dtype."""
+    pieces = []
+    for e in range(experts):
+        seg = segment(b, x, offsets, e)
+        w_e = b.op1("Gather", w_gate_up, b.const(e), axis=0)
+        gate = gemm_t(b, seg, b.op1("Slice", w_e, b.const([0]), b.const([width]), b.const([0])))
+        up = gemm_t(b, seg, b.op1("Slice", w_e, b.const([width]), b.const([2 * width]), b.const([0])))
+        h = b.op1("Mul", b.op1("Mul", gate, b.op1("Sigmoid", gate)), up)
+        pieces.append(gemm_t(b, h, b.op1("Gather", w_down, b.const(e), axis=0)))
+    return b.op1("Concat", *pieces, axis=0)
+
+
 def combine(b, ins, types):
     y, order, weights = ins
     dt = types[0].dtype

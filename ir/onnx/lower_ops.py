@@ -101,12 +101,20 @@ def swiglu(b, ins, types):
 
 
 def cross_entropy(b, ins, types, *, ignore_index):
+    """Mean of -log_softmax(logits)[target] over kept targets. Not SoftmaxCrossEntropyLoss: its
+    onnxruntime function body cannot reshape zero rows; 0 kept targets give NaN, as in torch."""
     dt = types[0].dtype
-    logits = to_acc(b, flat_rows(b, ins[0], types[0].shape[-1]), dt)
-    targets = b.op1("Reshape", ins[1], b.const([-1]))
+    acc = acc_of(dt)
+    logp_NV = b.op1("LogSoftmax", to_acc(b, flat_rows(b, ins[0], types[0].shape[-1]), dt), axis=-1)
+    targets_N = b.op1("Reshape", ins[1], b.const([-1]))
     if types[1].dtype != DType.int64:
-        targets = b.cast(targets, DType.int64)
-    loss = b.op1("SoftmaxCrossEntropyLoss", logits, targets, ignore_index=ignore_index, reduction="mean")
+        targets_N = b.cast(targets_N, DType.int64)
+    keep_N = b.op1("Not", b.op1("Equal", targets_N, b.const(ignore_index)))
+    safe_N1 = b.op1("Unsqueeze", b.op1("Where", keep_N, targets_N, b.const(0)), b.const([1]))
+    picked_N = b.op1("Squeeze", b.op1("GatherElements", logp_NV, safe_N1, axis=1), b.const([1]))
+    keep = b.cast(keep_N, acc)
+    total = b.op1("ReduceSum", b.op1("Mul", picked_N, keep), b.const([0]), keepdims=0)
+    loss = b.op1("Neg", b.op1("Div", total, b.op1("ReduceSum", keep, b.const([0]), keepdims=0)))
     return [from_acc(b, loss, dt)]
 
 

@@ -110,6 +110,13 @@ def ahead_of_time(graph, params, device, out):
     print(f"artifacts and manifest.json per target under {out}")
 
 
+def onnx_export(graph, params, device, out):
+    """The model in standard ONNX operators, checked by onnx.checker, runnable by any ONNX runtime."""
+    from .export import demo_summary
+
+    print(demo_summary())
+
+
 def training(graph, params, device, out):
     """Expert-parallel training: two gloo ranks on different backends, the balancer re-planning mid-run."""
     from ..train.demo import demo
@@ -130,6 +137,7 @@ def hugging_face(graph, params, device, out):
 SECTIONS: dict[str, Section] = {
     "backends": Section("every backend that executes here, on the same model", backends_table),
     "compile": Section("ahead-of-time compilation for NVIDIA and AMD GPUs (no GPU needed)", ahead_of_time),
+    "onnx": Section("ONNX interchange (standard operators, no custom MoE op)", onnx_export),
     "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
     "train": Section("expert-parallel training, 2 ranks with different backends (torchrun + gloo)", training),
     "hf": Section("a Hugging Face model imported (transformers Mixtral, tiny, random weights)", hugging_face),

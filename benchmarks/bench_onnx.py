@@ -1,0 +1,125 @@
+"""ONNX Runtime vs torch eager on one MoE layer, side by side in one run (CPU, float32).
+
+Variants: torch eager (a Mixtral-style loop over experts), onnxruntime on that loop exported by
+torch.onnx.export(dynamo=True), and onnxruntime on our IR graph exported by portable_moe.ir.onnx.
+All three use the same weights; GFLOP/s counts only the expert GEMMs: 2*T*K*(H*2F + F*H).
+
+    python benchmarks/bench_onnx.py [--threads 2] [--repeat 5] [--markdown benchmarks/results/onnx.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "onnx"))
+from torch_moe import TorchMoE, export_torch_moe  # noqa: E402
+
+from portable_moe.backends.devices import cpu_name  # noqa: E402
+from portable_moe.ir.onnx import export  # noqa: E402
+from portable_moe.models import MoEConfig, build_moe_layer  # noqa: E402
+
+SHAPES = [  # hidden, expert_ffn, experts, top_k, tokens
+    (1024, 1408, 16, 2, 2048),
+    (512, 1792, 8, 2, 4096),
+]
+
+
+def ir_params(m: TorchMoE) -> dict[str, np.ndarray]:
+    gate = torch.stack([e.gate.weight for e in m.experts])
+    up = torch.stack([e.up.weight for e in m.experts])
+    down = torch.stack([e.down.weight for e in m.experts])
+    return {"router.weight": m.router.weight.detach().numpy(),
+            "experts.gate_up": torch.cat([gate, up], dim=1).detach().numpy(),
+            "experts.down": down.detach().numpy()}
+
+
+def best_time(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def session(model_bytes: bytes, threads: int):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def bench_shape(hidden, ffn, experts, top_k, tokens, threads, repeat) -> list[dict]:
+    torch.manual_seed(0)
+    m = TorchMoE(hidden, ffn, experts, top_k).eval()
+    x = torch.randn(tokens, hidden)
+    flops = 2 * tokens * top_k * (hidden * 2 * ffn + ffn * hidden)
+    with torch.no_grad():
+        want = m(x).numpy()
+    graph = build_moe_layer(MoEConfig(name="bench", hidden=hidden, expert_ffn=ffn, experts=experts, top_k=top_k))
+    ours = session(export(graph, ir_params(m)).SerializeToString(), threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_torch_moe(m, Path(tmp) / "torch_moe.onnx")
+        theirs = session(path.read_bytes(), threads)
+    feed = x.numpy()
+    variants = {
+        "torch eager (loop)": lambda: m(x),
+        "onnxruntime, torch.onnx.export(dynamo) loop": lambda: theirs.run(None, {theirs.get_inputs()[0].name: feed}),
+        "onnxruntime, portable_moe export": lambda: ours.run(None, {"x": feed}),
+    }
+    rows = []
+    for name, fn in variants.items():
+        with torch.no_grad():
+            seconds = best_time(fn, repeat)
+            out = fn()
+        out = out.numpy() if isinstance(out, torch.Tensor) else out[0]
+        rows.append({"shape": f"{hidden}->{ffn}, {experts} experts, top-{top_k}, {tokens} tokens",
+                     "variant": name, "ms": seconds * 1e3, "gflops": flops / seconds / 1e9,
+                     "max_err": float(np.abs(out - want).max())})
+    return rows
+
+
+def markdown(rows: list[dict], threads: int, load: tuple) -> str:
+    lines = ["# ONNX Runtime vs torch eager: one MoE layer forward, float32", "",
+             f"- date: {datetime.date.today().isoformat()}",
+             f"- machine: {cpu_name()}, {threads} threads ({platform.machine()}, {platform.system()})",
+             f"- onnxruntime {ort.__version__}, torch {torch.__version__}",
+             "- GFLOP/s counts the expert GEMMs only: 2*T*K*(H*2F + F*H); best of the repeats",
+             "- max_err: largest difference from torch eager's output",
+             f"- 1-minute load average before/after the run: {load[0]:.2f} / {load[1]:.2f} "
+             "(above ~0.5 other processes shared the cores, and every absolute number is lower)", "",
+             "| shape | variant | ms | GFLOP/s | max_err |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['shape']} | {r['variant']} | {r['ms']:.1f} | {r['gflops']:.0f} | {r['max_err']:.1e} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--markdown", default=None, help="write the results table here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    before = os.getloadavg()[0]
+    rows = [r for shape in SHAPES for r in bench_shape(*shape, args.threads, args.repeat)]
+    text = markdown(rows, args.threads, (before, os.getloadavg()[0]))
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
