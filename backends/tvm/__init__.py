@@ -1,0 +1,105 @@
+"""The TVM backend (apache-tvm 0.27): every MoE op and the dense ops lowered to TVMScript/TE kernels
+with symbolic token counts. Executes on the CPU (llvm with the host's -mcpu, parallel and vectorised)
+and on OpenCL devices (PoCL included) through pyopencl; lowers ahead of time for CUDA (PTX/cubin via
+nvcc), ROCm (AMDGPU assembly + code object), OpenCL, Metal and the CPU (.so).
+
+TVM itself is imported on first use (it takes ~2 s), not when the backend is discovered.
+
+Every op's arithmetic and data movement runs in TVM kernels. What stays in torch: allocating outputs,
+reshapes, packing expert weights to [E, K, N] once per weight version (CPU), and the input checks
+that must fail cleanly before a kernel could index out of bounds (expert indices and embedding ids in
+range, offsets a non-decreasing split). Gradients: not differentiable; the runtime recomputes them
+with the reference (the declared fallback)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...ir import DType, Graph
+from ..base import Backend, BackendError, BackendOptions, Executable, Support
+from ..devices import Device
+
+CPU_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "add", "mul", "silu",
+           "sigmoid", "gelu", "rms_norm", "softmax", "embedding")
+OPENCL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear")
+DECLINED = {
+    "attention": "not lowered to TVM yet; the runtime runs it on another backend",
+    "cross_entropy": "not lowered to TVM yet; the runtime runs it on another backend",
+    "float16": "the kernels are written for float32 (fp16 has no fast CPU path here: ~0.3 GFLOP/s)",
+    "bfloat16": "the kernels are written for float32; bf16 is not lowered yet",
+    "float64": "float64 is the oracle's dtype; the reference runs it",
+    "float8_e4m3fn": "fp8 compute is not defined yet",
+    "float8_e4m3fnuz": "fp8 compute is not defined yet",
+}
+
+
+@dataclass(frozen=True)
+class TVMOptions(BackendOptions):
+    use_tuned: bool = True          # CPU tiles from tuned/cpu.json when this CPU and shape are in it
+
+
+class TVMBackend(Backend):
+    name = "tvm"
+    Options = TVMOptions
+    # no webgpu: WGSL has no 64-bit integers, and offsets/order are int64 in the IR
+    targets = ("cpu", "cuda:sm_80", "cuda:sm_90", "rocm:gfx90a", "rocm:gfx942", "rocm:gfx1100", "opencl", "metal")
+
+    def devices(self) -> list[Device]:
+        from .opencl_runtime import platform_device
+
+        found = platform_device()
+        if found is None:
+            return []
+        platform, name, memory = found
+        vendor = "pocl" if "Portable" in platform else platform.split()[0].lower()
+        return [Device("opencl", 0, vendor, name, "pocl" if vendor == "pocl" else "opencl", int(memory), platform)]
+
+    def availability(self, device: Device) -> str | None:
+        if device.kind == "cpu":
+            return None
+        if device.kind == "opencl":
+            return None if self.devices() else "tvm: no OpenCL platform found by pyopencl"
+        return (f"tvm: this apache-tvm build has no {device.kind} runtime; use `portable-moe compile --backend "
+                f"tvm` for {device.kind} artifacts")
+
+    def support(self, device: Device) -> Support:
+        ops = OPENCL_OPS if device.kind == "opencl" else CPU_OPS
+        declined = dict(DECLINED)
+        if device.kind == "opencl":
+            declined.update({op: "lowered for OpenCL ahead of time only (no launch shapes for its dlight schedule)"
+                             for op in CPU_OPS if op not in OPENCL_OPS})
+        return Support({op: frozenset({DType.float32}) for op in ops}, declined)
+
+    def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
+        reason = self.availability(device)
+        if reason:
+            raise BackendError(reason)
+        self.require_supported(graph, device)
+        from .executable import TVMExecutable
+        from .lower import plan
+        from .tuned import tile_for
+
+        opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
+        steps = plan(graph, lambda *a: tile_for(*a, use_tuned=opts.use_tuned))
+        return TVMExecutable(graph, device, steps, cache_dir(opts))
+
+    def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
+        self.check_target(target)
+        from .codegen import lower_graph
+
+        return lower_graph(self, graph, target, Path(out_dir))
+
+
+def demo_line(graph: Graph, out_dir: Path, target: str = "cpu") -> str:
+    """For the demo: lower the graph for one target and describe the artifacts in one line."""
+    from .codegen import summary
+
+    backend = TVMBackend()
+    return summary(backend.lower(graph, target, Path(out_dir), backend.Options()))
+
+
+def cache_dir(options: BackendOptions) -> Path:
+    from .cache import default_dir
+
+    return Path(options.cache_dir) if options.cache_dir else default_dir()

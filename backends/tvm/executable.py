@@ -1,0 +1,143 @@
+"""The TVM executable: the graph's steps compiled (through the disk cache) for the CPU (llvm, called
+through DLPack, zero-copy) or for OpenCL (TVM's generated OpenCL C, run through pyopencl), run in order.
+
+Not differentiable: the runtime recomputes gradients with the reference (the declared fallback)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ...ir import Graph
+from ..base import Executable
+from ..devices import Device
+from . import cache, opencl_runtime
+from .env import tvm
+from .lower import Step
+
+
+def module_of(step: Step, gpu: bool, target) -> tvm.IRModule:
+    funcs = step.kernels(gpu, target)
+    return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """TVM takes only contiguous, 64-byte aligned data; other views (only inputs are) are copied."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+class CpuCall:
+    """Runs a step's kernels from one loaded library; packs expert weights once per version."""
+
+    def __init__(self, module, packed: dict):
+        self.module, self.packed = module, packed
+
+    def __call__(self, name: str, *tensors):
+        self.module[name](*[tvm.runtime.from_dlpack(aligned(t.detach())) for t in tensors])
+
+    def weight(self, w_ENK: torch.Tensor, nb: int) -> torch.Tensor:
+        """[E, N, K] -> [E, N/nb, K, nb], cached per weight until it is updated in place."""
+        key = (w_ENK.data_ptr(), tuple(w_ENK.shape), tuple(w_ENK.stride()), nb)
+        version, packed = self.packed.get(key, (None, None))
+        if version != w_ENK._version:          # first use, or updated in place (an optimizer step)
+            E, N, K = w_ENK.shape
+            packed = w_ENK.detach().float().reshape(E, N // nb, nb, K).transpose(2, 3).contiguous()
+            self.packed[key] = (w_ENK._version, packed)
+        return packed
+
+
+PARAM = re.compile(r"(\w+): T\.Buffer\(\(([^)]*)\)")
+
+
+def base_name(var: str) -> str:
+    """A shape variable without the _<n> suffix TVMScript adds when it prints a renamed one."""
+    return re.sub(r"_\d+$", "", var)
+
+
+def buffers(func) -> list[tuple[str, list[str]]]:
+    """(buffer name, dims as text) per parameter of a PrimFunc, read from its TVMScript signature."""
+    header = func.script().split("def ", 1)[1].split("):\n", 1)[0]
+    return [(base_name(name), [base_name(d.strip()) for d in dims.split(",") if d.strip()])
+            for name, dims in PARAM.findall(header)]
+
+
+class OpenCLCall:
+    """Runs a step's TVM-generated OpenCL kernels through pyopencl, arguments matched by buffer name."""
+
+    def __init__(self, step: Step, kernels: dict, funcs: dict):
+        self.step, self.kernels = step, kernels
+        self.buffers = {name: buffers(f) for name, f in funcs.items()}
+
+    def __call__(self, name: str, *tensors):
+        tensors = [t.detach().contiguous() for t in tensors]
+        named, sizes = {}, {}
+        for (buf, shape), t in zip(self.buffers[name], tensors):
+            named[buf] = t
+            sizes.update((d, t.shape[i]) for i, d in enumerate(shape) if d.isidentifier())
+        grid, block = self.step.launch[name](sizes)
+        outputs = tuple(buf for buf, _ in self.buffers[name][-self.n_outputs(name):])
+        # outputs are fresh contiguous tensors, so the copies back land in the caller's tensors
+        self.kernels[f"{name}_kernel"](grid, block, named, sizes, outputs)
+
+    def n_outputs(self, name: str) -> int:
+        return {"select": 4, "sort": 2}.get(name, 1)
+
+    def weight(self, w_ENK: torch.Tensor, nb: int) -> torch.Tensor:
+        return w_ENK.detach().float().contiguous()
+
+
+class TVMExecutable(Executable):
+    differentiable = False
+
+    def __init__(self, graph: Graph, device: Device, steps: list[Step], cache_dir: Path):
+        super().__init__(graph, device)
+        self.steps, self.calls, self.packed = steps, [], {}
+        if device.kind == "opencl":
+            self.target = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
+            self.calls = [self.opencl_call(s, cache_dir) for s in steps]
+        else:
+            from .env import cpu_target
+
+            self.target = cpu_target()
+            self.calls = [self.cpu_call(s, cache_dir) for s in steps]
+
+    def cpu_call(self, step: Step, cache_dir: Path) -> CpuCall:
+        def build(path: Path):
+            tvm.compile(module_of(step, False, self.target), target=self.target).export_library(str(path))
+
+        key = cache.entry_key(step.spec, str(self.target))
+        return CpuCall(tvm.runtime.load_module(str(cache.fetch(cache_dir, key, ".so", build))), self.packed)
+
+    def opencl_call(self, step: Step, cache_dir: Path) -> OpenCLCall:
+        mod = module_of(step, True, self.target)
+
+        def build(path: Path):
+            path.write_text(tvm.compile(mod, target=self.target).mod.imports[0].inspect_source())
+
+        key = cache.entry_key(step.spec, str(self.target))
+        source = cache.fetch(cache_dir, key, ".cl", build).read_text()
+        return OpenCLCall(step, opencl_runtime.build(source), {g.name_hint: mod[g] for g in mod.get_global_vars()})
+
+    def placement(self) -> dict[str, str]:
+        """node -> how it ran (fused steps name their partner; tuned or default CPU tiles)."""
+        out = {}
+        for s in self.steps:
+            for n in s.nodes:
+                out[n.name] = f"tvm:{s.op}" + (f"+{s.nodes[1].op}" if len(s.nodes) > 1 else "") + \
+                    (f" ({s.tuning} tile)" if s.tuning != "n/a" else "")
+        return out
+
+    def run(self, inputs: Mapping, params: Mapping) -> list:
+        env = {**inputs, **params}
+        with torch.no_grad():
+            for step, call in zip(self.steps, self.calls):
+                head = step.nodes[0]
+                args = [None if i is None else env[i] for i in head.inputs]
+                results = step.run(call, *args)
+                last = step.nodes[-1]
+                env.update((v.name, r) for v, r in zip(last.outputs, results))
+        return [env[o] for o in self.graph.outputs]
