@@ -4,9 +4,13 @@ with a manifest. TVM 0.27's nvptx target is broken with its LLVM, so CUDA goes t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from ...ir import Graph
@@ -88,6 +92,28 @@ def lower_step(step: Step, target_name: str, target, out_dir: Path) -> dict:
     return artifacts
 
 
+# TVM's AMDGPU codegen asks the (absent) ROCm runtime for limits and logs a warning per kernel
+NATIVE_NOISE = ("Cannot get maximum number of threads for AMD codegen", "Unable to detect ROCm version")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(noise: tuple[str, ...]):
+    """Routes the C++ side's stderr through a file, then passes on every line that is not known noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if not any(n in line for n in noise):
+                    print(line, file=sys.stderr)
+
+
 def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path) -> dict:
     from ..devices import cpu_device
 
@@ -96,14 +122,15 @@ def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path) -> dict:
     if len(skipped) == len(graph.nodes):
         raise BackendError(f"tvm can lower no node of '{graph.name}': {skipped[0]['reason'] if skipped else ''}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = target_of(target_name)
     if target_name.startswith("rocm"):
         capture_rocm_link()
     kernels = []
-    for step in plan(graph, lambda *a: tile_for(*a), skip={s["node"] for s in skipped}):
-        kernels.append({"kernel": file_stem(step), "op": step.op, "nodes": [n.name for n in step.nodes],
-                        "target": target_name, "tvm_version": TVM_VERSION,
-                        "artifacts": lower_step(step, target_name, target, out_dir)})
+    with native_stderr_filtered(NATIVE_NOISE):
+        target = target_of(target_name)
+        for step in plan(graph, lambda *a: tile_for(*a), skip={s["node"] for s in skipped}):
+            kernels.append({"kernel": file_stem(step), "op": step.op, "nodes": [n.name for n in step.nodes],
+                            "target": target_name, "tvm_version": TVM_VERSION,
+                            "artifacts": lower_step(step, target_name, target, out_dir)})
     extra = {"tvm_version": TVM_VERSION, "tvm_target": str(target), "not_lowered": skipped}
     if target_name == "cpu":
         extra["mcpu"] = host_cpu()
