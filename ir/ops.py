@@ -263,7 +263,8 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
              "(group_score 'max' of its experts, or 'top2_sum' of its best two), the top_groups best "
              "groups are kept and the rest masked, then the top_k experts are picked; every tie goes "
              "to the lower index. weights = scores of the picked experts (without score_bias), divided "
-             "by their sum when normalize, times scaling. Outputs the weights (x's dtype), the expert "
+             "by (their sum + 1e-20) when normalize (DeepSeek-V3's guard against an all-zero sum), times "
+             "scaling. Outputs the weights (x's dtype), the expert "
              "indices (int64, best first) and the float32 logits.",
              optional=frozenset({"bias", "score_bias"}),
              attrs={"top_k": Attr(int, required=True, check=positive),

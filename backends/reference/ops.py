@@ -132,7 +132,7 @@ def router(x, weight, bias=None, score_bias=None, *, top_k, scoring, num_groups,
     if scoring == "softmax_topk":
         weights_TK = torch.softmax(weights_TK, dim=-1)
     elif normalize:
-        weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True)
+        weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
     weights_TK = weights_TK * scaling
     return (weights_TK.to(x.dtype).reshape(*lead, top_k), idx_TK.reshape(*lead, top_k),
             logits_TE.reshape(*lead, weight.shape[0]))

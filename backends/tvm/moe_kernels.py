@@ -98,7 +98,7 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
                 red[1] = red[1] + s[t, picked[k]]
             for k in range(K):
                 if normalize:
-                    W[t, k] = s[t, picked[k]] / red[1] * T.float32(scaling)
+                    W[t, k] = s[t, picked[k]] / (red[1] + T.float32(1e-20)) * T.float32(scaling)
                 else:
                     W[t, k] = s[t, picked[k]] * T.float32(scaling)
         for k in range(K):

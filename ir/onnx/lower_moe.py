@@ -60,7 +60,8 @@ def router(b, ins, types, *, top_k, scoring, num_groups, top_groups, group_score
     if scoring == "softmax_topk":
         weights_TK = b.op1("Softmax", weights_TK, axis=-1)
     elif normalize:
-        weights_TK = b.op1("Div", weights_TK, b.op1("ReduceSum", weights_TK, b.const([-1]), keepdims=1))
+        total = b.op1("Add", b.op1("ReduceSum", weights_TK, b.const([-1]), keepdims=1), fconst(b, 1e-20, acc))
+        weights_TK = b.op1("Div", weights_TK, total)
     if scaling != 1.0:
         weights_TK = b.op1("Mul", weights_TK, fconst(b, scaling, acc))
     weights = b.op1("Reshape", from_acc(b, weights_TK, dt), lead_shape_with(b, x, top_k))

@@ -30,6 +30,23 @@ def executing_backends(device) -> list[str]:
     return names
 
 
+def conformance(graph, params, device, out):
+    """The quick conformance tier in float32 for every backend here; verdicts feed run-time selection."""
+    from ..conformance.runner import run_quick
+    from ..conformance.report import write_html
+    from ..ir import DType
+    from ..runtime import select
+
+    t0 = time.perf_counter()
+    report = run_quick("all", device.id, ["float32"])
+    for line in report.summary_lines():
+        print(line)
+    out.mkdir(parents=True, exist_ok=True)
+    write_html(report, out / "conformance.html")
+    print(f"{time.perf_counter() - t0:.0f} s; matrix: {out / 'conformance.html'}")
+    print("selection now: " + select(device, DType.float32).explain().splitlines()[0])
+
+
 def backends_table(graph, params, device, out):
     """Every backend that executes here runs the same model; what ran where and how close it is."""
     ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(3))
@@ -135,6 +152,7 @@ def hugging_face(graph, params, device, out):
 
 
 SECTIONS: dict[str, Section] = {
+    "conformance": Section("conformance: every backend's numerics against the float64 reference", conformance),
     "backends": Section("every backend that executes here, on the same model", backends_table),
     "compile": Section("ahead-of-time compilation for NVIDIA and AMD GPUs (no GPU needed)", ahead_of_time),
     "onnx": Section("ONNX interchange (standard operators, no custom MoE op)", onnx_export),

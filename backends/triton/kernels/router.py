@@ -87,7 +87,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
         p = tl.exp(z - tl.max(z, axis=0))
         w_K = p / tl.sum(p, axis=0)
     elif NORMALIZE:
-        w_K = w_K / tl.sum(tl.where(k_ok, w_K, 0.0), axis=0)
+        w_K = w_K / (tl.sum(tl.where(k_ok, w_K, 0.0), axis=0) + 1e-20)
     w_K = w_K * scaling
     tl.store(weights_ptr + t * TOP_K + k, w_K.to(weights_ptr.dtype.element_ty), mask=k_ok)
     tl.store(idx_ptr + t * TOP_K + k, idx_K, mask=k_ok)
