@@ -7,8 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from portable_moe.train import TrainConfig, TrainError, launch
-from portable_moe.train.report import write_report
+from .. import registry
+from ..models import PRESETS, load_config, preset
+from ..runtime import resolve_device
+from ..train import TrainConfig, TrainError, launch
+from ..train.report import write_report
 
 
 def csv(text: str) -> tuple[str, ...]:
@@ -65,12 +68,22 @@ def config_of(args) -> TrainConfig:
                        checkpoint_every=args.checkpoint_every if args.checkpoint else 0, resume=args.resume)
 
 
+def check_names(cfg: TrainConfig, local: bool):
+    """Fails here, with the name, what would otherwise fail inside every rank."""
+    if cfg.model not in PRESETS:
+        if not Path(cfg.model).exists():
+            preset(cfg.model)             # raises, listing the presets
+        load_config(cfg.model)
+    for name in set(cfg.backends):
+        registry.get_backend(name)
+    if local:
+        for device in set(cfg.devices):
+            resolve_device(device)
+
+
 def run(args) -> int:
-    try:
-        cfg = config_of(args)
-    except TrainError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_of(args)
+    check_names(cfg, local=not args.print_command)
     report_dir = Path(args.report)
     if args.print_command:
         print(launch.print_command(cfg, report_dir, args.nnodes))

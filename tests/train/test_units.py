@@ -75,5 +75,10 @@ def test_cli_prints_the_torchrun_command(tmp_path, capsys):
     assert args.func(args) == 0
     assert "portable_moe.train.worker" in capsys.readouterr().out
     bad = parser.parse_args(["train", "--nproc", "3", "--devices", "cpu,cpu", "--report", str(tmp_path)])
-    assert bad.func(bad) == 2
-    assert "--devices names 2 device(s) but --nproc is 3" in capsys.readouterr().err
+    with pytest.raises(TrainError, match="--devices names 2 device"):
+        bad.func(bad)
+    for wrong, words in ((["--config", "nope"], "unknown preset 'nope'"), (["--backends", "reference,foo"],
+                                                                          "unknown backend 'foo'")):
+        bad = parser.parse_args(["train", "--nproc", "2", *wrong, "--report", str(tmp_path)])
+        with pytest.raises(PortableMoeError, match=words):
+            bad.func(bad)
