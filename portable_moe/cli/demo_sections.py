@@ -32,8 +32,8 @@ def executing_backends(device) -> list[str]:
 
 def conformance(graph, params, device, out):
     """The quick conformance tier in float32 for every backend here; verdicts feed run-time selection."""
-    from ..conformance.runner import run_quick
     from ..conformance.report import write_html
+    from ..conformance.runner import run_quick
     from ..ir import DType
     from ..runtime import select
 
@@ -61,8 +61,8 @@ def backends_table(graph, params, device, out):
         t2 = time.perf_counter()
         placed = model.placement()
         mine = sum(1 for b in placed.values() if b == name)
-        print(f"{name:12} {mine:>5}/{len(placed):<5} {len(placed) - mine:>9} {t1 - t0:>7.1f}s {(t2 - t1) * 1e3:>7.0f}ms "
-              f"{global_error(got.cpu(), want):>10.1e}")
+        print(f"{name:12} {mine:>5}/{len(placed):<5} {len(placed) - mine:>9} {t1 - t0:>7.1f}s "
+              f"{(t2 - t1) * 1e3:>7.0f}ms {global_error(got.cpu(), want):>10.1e}")
 
 
 def balance(graph, params, device, out):
@@ -145,8 +145,8 @@ def training(graph, params, device, out):
 def hugging_face(graph, params, device, out):
     """A tiny random transformers Mixtral, imported into the IR, run here, checked against transformers."""
     from ..hf.demo import demo_summary
-    from ..runtime import select
     from ..ir import DType
+    from ..runtime import select
 
     print(demo_summary(backend=select(device, DType.float32).winner, family="mixtral", device=device.id))
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from portable_moe.ir.errors import PortableMoeError
 
 from portable_moe.balance import (
     BalanceError,
@@ -19,6 +18,7 @@ from portable_moe.balance import (
     placement_from_json,
     plan,
 )
+from portable_moe.ir.errors import PortableMoeError
 
 EB = 1000
 

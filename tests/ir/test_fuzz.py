@@ -12,7 +12,8 @@ BASES = [to_dict(build_moe_layer(preset("debug"))), to_dict(build_moe_layer(pres
          to_dict(build_model(preset("debug")))]
 
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8),
-                 st.lists(st.integers(-3, 70), max_size=4), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+                 st.lists(st.integers(-3, 70), max_size=4),
+                 st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
 def paths(obj, prefix=()):
