@@ -10,7 +10,7 @@ import sys
 from ..ir import PortableMoeError
 from ..knobs import help_text
 
-COMMANDS = ("devices", "demo", "ir", "compile", "conformance", "plan", "export", "train", "import_hf")
+COMMANDS = ("devices", "demo", "ir", "compile", "conformance", "plan", "export", "train", "import_hf", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

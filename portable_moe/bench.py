@@ -1,0 +1,320 @@
+"""Timing one MoE layer's forward across backends, side by side in one run with two torch eager
+baselines on the same device (written independently of the reference backend) and the device's
+measured dense matmul rate, with a correctness guard against the eager result.
+
+Legend: T tokens, H hidden, F expert FFN width, E experts, K experts per token (top-k),
+R = T*K routed rows. The FLOPs counted are the expert GEMMs only: 2*T*K*(H*2F + F*H)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import registry
+from .backends.base import Backend
+from .backends.devices import Device
+from .backends.reference import TORCH_DTYPES, ReferenceBackend
+from .ir import PortableMoeError
+from .models import MoEConfig, build_moe_layer, init_params
+from .runtime.compile import options_for
+from .runtime.partition import partition
+
+
+class BenchError(PortableMoeError):
+    """A benchmark request that cannot be run as given (bad shape, unknown backend, bad model)."""
+
+
+# max |diff| allowed, relative to max |eager output|; fp32 sums of ~1000 terms drift ~1e-6 relative.
+TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 5e-2, "float64": 1e-9}
+SLOW = {("triton", "cpu"): "runs in Triton's interpreter on the CPU (~1000x slower than compiled code); "
+                           "ask for it with --backend triton"}
+DEFAULT_SHAPES = ((1024, 1408, 16, 2, 2048), (512, 1792, 8, 2, 4096))   # (H, F, E, K, T) from FIELD-NOTES
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked layer: a model config (its MoE FFN) and a token count."""
+
+    cfg: MoEConfig
+    tokens: int
+
+    @property
+    def flops(self) -> int:
+        c = self.cfg
+        return 2 * self.tokens * c.top_k * (c.hidden * 2 * c.expert_ffn + c.expert_ffn * c.hidden)
+
+    @property
+    def label(self) -> str:
+        c = self.cfg
+        return f"{c.hidden}->{c.expert_ffn} E{c.experts} K{c.top_k} T{self.tokens}"
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str                      # eager | backend
+    status: str = "ran"            # ran | skipped: why | unavailable: why | failed: error
+    compile_s: float | None = None
+    times_ms: list[float] = field(default_factory=list)
+    max_diff: float | None = None
+    wrong: bool = False
+    median_ms: float | None = None
+    gflops: float | None = None
+    vs_eager: float | None = None   # speed relative to the best eager variant (>1: faster)
+    of_matmul: float | None = None  # fraction of the measured dense matmul rate
+    placement: str = ""
+
+
+@dataclass
+class ShapeResult:
+    label: str
+    shape: dict
+    flops: int
+    matmul_gflops: float
+    rows: list[Row]
+    tolerance: float
+
+
+def layer_case(hidden: int, ffn: int, experts: int, top_k: int, tokens: int, dtype: str) -> Case:
+    try:
+        cfg = MoEConfig(name=f"bench-{hidden}x{ffn}-e{experts}k{top_k}", hidden=hidden, expert_ffn=ffn,
+                        experts=experts, top_k=top_k, dtype=dtype)
+    except PortableMoeError as e:
+        raise BenchError(f"layer shape {hidden},{ffn},{experts},{top_k}: {e}") from None
+    return Case(cfg, tokens)
+
+
+def parse_layer_shape(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise BenchError(f"--layer-shape {text!r} must be four positive integers H,F,E,K (e.g. 1024,1408,16,2)")
+    return values
+
+
+# ---- torch eager baselines (Hugging Face Mixtral-style loop, and sorted contiguous slices) ----
+
+def route(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router in fp32, as Hugging Face MoE blocks do: (weights_TK, experts_TK)."""
+    bias = p.get("router.bias")
+    logits_TE = F.linear(x_TH.float(), p["router.weight"].float(), None if bias is None else bias.float())
+    scores_TE = {"softmax": torch.softmax(logits_TE, -1), "sigmoid": torch.sigmoid(logits_TE)}.get(
+        cfg.scoring, logits_TE)
+    pick_TE = scores_TE + p["router.score_bias"].float() if "router.score_bias" in p else scores_TE
+    if cfg.num_groups > 1:
+        pick_TGe = pick_TE.view(len(x_TH), cfg.num_groups, -1)
+        group_TG = pick_TGe.max(-1).values if cfg.group_score == "max" else pick_TGe.topk(2, -1).values.sum(-1)
+        keep_TG = torch.zeros_like(group_TG, dtype=torch.bool).scatter(1, group_TG.topk(cfg.top_groups, -1).indices,
+                                                                        True)
+        pick_TE = pick_TGe.masked_fill(~keep_TG.unsqueeze(-1), float("-inf")).view_as(pick_TE)
+    experts_TK = pick_TE.topk(cfg.top_k, -1).indices
+    weights_TK = scores_TE.gather(1, experts_TK)
+    if cfg.scoring == "softmax_topk":
+        weights_TK = torch.softmax(weights_TK, -1)
+    elif cfg.normalize:
+        weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
+    return (weights_TK * cfg.scaling).to(x_TH.dtype), experts_TK
+
+
+def expert_mlp(x_NH: torch.Tensor, gate_up_2FH: torch.Tensor, down_HF: torch.Tensor) -> torch.Tensor:
+    gate_NF, up_NF = F.linear(x_NH, gate_up_2FH).chunk(2, -1)
+    return F.linear(F.silu(gate_NF) * up_NF, down_HF)
+
+
+def shared_expert(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
+    y_TH = expert_mlp(x_TH, p["shared.gate_up"], p["shared.down"])
+    return y_TH * torch.sigmoid(F.linear(x_TH, p["shared.gate"])) if cfg.shared_gate else y_TH
+
+
+def eager_loop(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
+    """Hugging Face style: one-hot mask, then for each expert that got tokens, gather, MLP, index_add."""
+    weights_TK, experts_TK = route(cfg, p, x_TH)
+    out_TH = torch.zeros_like(x_TH)
+    mask_EKT = F.one_hot(experts_TK, cfg.experts).permute(2, 1, 0)
+    for e in (mask_EKT.sum((1, 2)) > 0).nonzero().flatten().tolist():
+        k_N, t_N = torch.where(mask_EKT[e])
+        y_NH = expert_mlp(x_TH[t_N], p["experts.gate_up"][e], p["experts.down"][e])
+        out_TH.index_add_(0, t_N, y_NH * weights_TK[t_N, k_N, None])
+    return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
+
+
+def eager_sorted(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
+    """Sort the (token, k) pairs by expert once, run each expert on a contiguous slice, scatter-add back."""
+    weights_TK, experts_TK = route(cfg, p, x_TH)
+    order_R = experts_TK.flatten().argsort(stable=True)
+    token_R = order_R // cfg.top_k
+    counts = torch.bincount(experts_TK.flatten(), minlength=cfg.experts).tolist()
+    rows = x_TH[token_R].split(counts)
+    ys = [expert_mlp(r, gu, d) for r, gu, d in zip(rows, p["experts.gate_up"].unbind(0), p["experts.down"].unbind(0))
+          if len(r)]
+    y_RH = torch.cat(ys) * weights_TK.flatten()[order_R, None]
+    out_TH = torch.zeros_like(x_TH).index_add_(0, token_R, y_RH)
+    return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
+
+
+EAGER = {"torch-loop": eager_loop, "torch-sorted": eager_sorted}
+
+
+# ---- timing ----
+
+def synchronize(device: Device):
+    kind = torch.device(device.torch_device).type
+    if kind != "cpu":
+        getattr(torch, kind).synchronize()
+
+
+def time_ms(fn: Callable[[], object], repeat: int, device: Device, warm_up: bool = True) -> list[float]:
+    """One warm-up call (unless done already), then `repeat` timed calls."""
+    if warm_up:
+        fn()
+        synchronize(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def matmul_gflops(case: Case, device: Device, repeat: int) -> float:
+    """The layer's expert FLOPs as two dense matmuls ([R,H]x[H,2F], [R,F]x[F,H]): the rate a perfect
+    grouped GEMM would reach on this device."""
+    c, dt = case.cfg, TORCH_DTYPES[case.cfg.dtype]
+    g = torch.Generator().manual_seed(1)
+    rows = case.tokens * c.top_k
+    a = torch.randn(rows, c.hidden, generator=g).to(device.torch_device, dt)
+    b = torch.randn(c.hidden, 2 * c.expert_ffn, generator=g).to(device.torch_device, dt)
+    h = torch.randn(rows, c.expert_ffn, generator=g).to(device.torch_device, dt)
+    d = torch.randn(c.expert_ffn, c.hidden, generator=g).to(device.torch_device, dt)
+    ms = statistics.median(time_ms(lambda: (a @ b, h @ d), repeat, device))
+    return case.flops / ms / 1e6
+
+
+def backend_forward(backend: Backend, graph, params: dict, device: Device) -> tuple[Callable, str]:
+    """Compiles the layer on the backend (nodes it lacks on the reference) and returns x -> y."""
+    ranked = [(backend.name, backend)]
+    if backend.name != "reference":
+        ranked.append(("reference", ReferenceBackend()))
+    by_name = dict(ranked)
+    segments = [(s, by_name[s.backend].compile(s.graph, device, options_for(by_name[s.backend], None)))
+                for s in partition(graph, device, ranked)]
+
+    def forward(x_TH: torch.Tensor) -> torch.Tensor:
+        env = {"x": x_TH}
+        for seg, exe in segments:
+            g = seg.graph
+            outs = exe.run({v.name: env[v.name] for v in g.inputs}, {v.name: params[v.name] for v in g.params})
+            env.update(zip(g.outputs, outs))
+        return env[graph.outputs[0]]
+
+    on_ref = sum(len(s.graph.nodes) for s, _ in segments if s.backend != backend.name)
+    return forward, f"{on_ref} node(s) on reference" if on_ref else ""
+
+
+def finish(row: Row, out: torch.Tensor | None, expected: torch.Tensor, flops: int, tol: float):
+    if out is not None:
+        row.max_diff = (out.double() - expected.double()).abs().max().item() if out.shape == expected.shape \
+            else float("inf")
+        row.wrong = not row.max_diff <= tol * max(expected.double().abs().max().item(), 1e-30)
+    if row.times_ms:
+        row.median_ms = statistics.median(row.times_ms)
+        row.gflops = flops / row.median_ms / 1e6
+
+
+def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | str]], repeat: int,
+               params: dict | None = None, progress=print) -> ShapeResult:
+    graph = build_moe_layer(case.cfg)
+    params = {k: v.to(device.torch_device) for k, v in (params or init_params(graph, seed=0)).items()}
+    dt = TORCH_DTYPES[case.cfg.dtype]
+    x_TH = torch.randn(case.tokens, case.cfg.hidden, generator=torch.Generator().manual_seed(2)).to(
+        device.torch_device, dt)
+    tol = TOLERANCE.get(case.cfg.dtype, 5e-2)
+    rows = []
+    with torch.no_grad():
+        expected = eager_loop(case.cfg, params, x_TH)
+        for name, fn in EAGER.items():
+            row = Row(name, "eager", times_ms=time_ms(lambda fn=fn: fn(case.cfg, params, x_TH), repeat, device))
+            finish(row, fn(case.cfg, params, x_TH), expected, case.flops, tol)
+            rows.append(row)
+            progress(f"[{case.label}] {name}: {row.median_ms:.2f} ms")
+        for name, backend in backends:
+            rows.append(bench_backend(name, backend, case, graph, params, x_TH, expected, device, repeat, tol))
+            r = rows[-1]
+            progress(f"[{case.label}] {name}: " + (f"compile {r.compile_s:.2f} s, {r.median_ms:.2f} ms"
+                                                    if r.status == "ran" else r.status))
+        rate = matmul_gflops(case, device, repeat)
+    progress(f"[{case.label}] dense matmul: {rate:.1f} GFLOP/s")
+    best_eager = min(r.median_ms for r in rows if r.kind == "eager")
+    for r in rows:
+        if r.median_ms:
+            r.vs_eager, r.of_matmul = best_eager / r.median_ms, r.gflops / rate
+    shape = {"hidden": case.cfg.hidden, "ffn": case.cfg.expert_ffn, "experts": case.cfg.experts,
+             "top_k": case.cfg.top_k, "tokens": case.tokens, "dtype": case.cfg.dtype, "model": case.cfg.name}
+    return ShapeResult(case.label, shape, case.flops, rate, rows, tol)
+
+
+def bench_backend(name, backend, case, graph, params, x_TH, expected, device, repeat, tol) -> Row:
+    row = Row(name, "backend")
+    if isinstance(backend, str):
+        row.status = f"unavailable: {backend}"
+        return row
+    reason = "compiles only, never executes" if not backend.executes else backend.availability(device)
+    if reason:
+        row.status = f"unavailable: {reason}"
+        return row
+    try:
+        t0 = time.perf_counter()
+        forward, row.placement = backend_forward(backend, graph, params, device)
+        first = forward(x_TH)          # some backends build their session on the first call: count it as compile
+        synchronize(device)
+        row.compile_s = time.perf_counter() - t0
+        row.times_ms = time_ms(lambda: forward(x_TH), repeat, device, warm_up=False)
+        finish(row, first, expected, case.flops, tol)
+    except Exception as e:  # noqa: BLE001 - one backend's crash is a finding in the table, not the end of the run
+        row.status, row.times_ms = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", []
+    return row
+
+
+def choose_backends(requested: list[str] | None, device: Device) -> tuple[list[tuple[str, Backend | str]], list[str]]:
+    """The backends to time and the notes on the ones skipped as too slow for this device."""
+    explicit = [b for b in (requested or ["all"]) if b != "all"]
+    names = registry.backend_names() if not requested or "all" in requested else []
+    names += [n for n in explicit if n not in names]
+    chosen, notes = [], []
+    for n in names:
+        slow = SLOW.get((n, device.kind))
+        if slow and n not in explicit:
+            notes.append(f"{n} skipped on {device.id}: {slow}")
+            continue
+        chosen.append((n, registry.load(n)))     # unknown names raise RegistryError listing the known ones
+    return chosen, notes
+
+
+def run_bench(cases: list[Case], device: Device, backends: list[str] | None = None, repeat: int = 5,
+              progress: Callable[[str], None] | None = None) -> dict:
+    if repeat < 1:
+        raise BenchError(f"--repeat {repeat} must be at least 1")
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    chosen, notes = choose_backends(backends, device)
+    for note in notes:
+        progress(note)
+    shapes = [bench_case(c, device, chosen, repeat, progress=progress) for c in cases]
+    return {"format": "portable_moe.bench", "version": 1, "device": device.to_dict(), "repeat": repeat,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "skipped": notes,
+            "shapes": [asdict(s) for s in shapes]}
+
+
+def flagged(report: dict) -> list[str]:
+    """'shape: backend' for every row that ran and was wrong, or failed."""
+    return [f"{s['label']}: {r['name']} ({r['status'] if r['status'] != 'ran' else 'WRONG'})"
+            for s in report["shapes"] for r in s["rows"] if r["wrong"] or r["status"].startswith("failed")]
