@@ -7,8 +7,15 @@ SwiGLU, combine) as Triton kernels, one source for every device.
   interpreter gives garbage for bfloat16 tl.dot, so bfloat16 is declined on the CPU with that reason.
 - Ahead of time: `lower()` writes PTX+cubin (NVIDIA) or AMDGCN+hsaco (AMD) per kernel, plus manifest.json,
   with a disk cache under options.cache_dir (lower.py).
-- Backward: no Triton backward kernels yet. Executables are not differentiable, so the runtime
-  recomputes gradients with the reference backend (the documented fallback).
+- Backward (autograd.py, kernels/grouped_gemm_bwd.py, kernels/backward.py): executables are differentiable
+  (every op here has a backward path), so run() records a torch autograd graph through Functions whose
+  backward runs Triton kernels: grouped GEMM dx = dy[seg] @ w[e] and dw[e] = dy[seg]^T @ x[seg] (fp32
+  accumulation); the fused gate_up+SwiGLU recomputes gate_up from the saved input, then the SwiGLU
+  derivative kernel; combine (row grads = weight * grad_out, routing-weight grads = <y row, grad_out>) and
+  dispatch (per-token gather-sum of row grads, no atomics) are Triton kernels too. The router's backward is
+  torch autograd through the reference math (logits -> scores -> selected weights, float32) for the experts
+  the kernel selected. The runtime's reference fallback is no longer used for this backend.
+  `TritonOptions(backward=True)` makes lower() compile the backward kernels as well.
 - Dense ops (linear, rms_norm, attention, ...) are not declared: the runtime runs them elsewhere.
 """
 
@@ -31,6 +38,7 @@ BF16_CPU = "Triton 3.9's interpreter returns garbage for bfloat16 tl.dot; bfloat
 class TritonOptions(BackendOptions):
     stages: tuple[str, ...] = ()          # extra intermediate stages to write when lowering
     tokens: int = 256                     # token count the lowered kernels' tile configs are chosen for
+    backward: bool = False                # lower the training (backward) kernels too
 
     def __post_init__(self):
         super().__post_init__()

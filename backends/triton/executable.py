@@ -1,7 +1,9 @@
 """Runs a graph with the Triton kernels. Fusion (a rewrite, same semantics): a grouped_matmul whose only
 consumer is a swiglu becomes one grouped GEMM with the SwiGLU epilogue.
 
-Not differentiable: the runtime recomputes gradients with the reference backend (documented fallback)."""
+Differentiable when every node has a backward path (BACKWARD_OPS; all the ops this backend runs have
+one): run() calls the autograd Functions of .autograd, so torch autograd records the graph and the
+runtime backpropagates through the Triton backward kernels instead of re-running the reference."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from ...ir import Graph, IRError, Node
 from ..base import Executable
 from ..devices import Device
-from . import launch
+from . import autograd as fn
 from .tuning import TuningCache
 
 
@@ -45,11 +47,13 @@ def check_indices(indices: torch.Tensor, experts: int, node: Node):
         raise IRError(f"expert index out of range [0, {experts})", node.name, node.op)
 
 
-class TritonExecutable(Executable):
-    differentiable = False
+BACKWARD_OPS = frozenset({"router", "dispatch", "grouped_matmul", "swiglu", "combine"})
 
+
+class TritonExecutable(Executable):
     def __init__(self, graph: Graph, device: Device, cache: TuningCache):
         super().__init__(graph, device)
+        self.differentiable = all(node.op in BACKWARD_OPS for node in graph.nodes)
         self.cache = cache
         self.fused = fusable_swiglu(graph)
         self.notes: list[str] = []
@@ -64,22 +68,22 @@ class TritonExecutable(Executable):
     def run_node(self, node: Node, args: list, env: dict):
         a = node.attrs
         if node.op == "router":
-            return launch.router(*args, **a)
+            return fn.RouterFn.apply(*args, a)
         if node.op == "dispatch":
             check_indices(args[1], a["num_experts"], node)
-            return launch.dispatch(*args, **a)
+            return fn.DispatchFn.apply(*args, a["num_experts"])
         if node.op == "grouped_matmul":
             x, w, offsets = args
             check_offsets(offsets, x.shape[0], w.shape[0], node)
             swiglu = self.fused.get(node.name)
-            y = launch.grouped_matmul(x, w, offsets, self.gemm_config(x, w), swiglu=swiglu is not None)
+            y = fn.GroupedMatmulFn.apply(x, w, offsets, self.gemm_config(x, w), swiglu is not None)
             if swiglu is not None:
                 env[swiglu.outputs[0].name] = y
             return y
         if node.op == "swiglu":
-            return launch.swiglu(*args)
+            return fn.SwigluFn.apply(*args)
         if node.op == "combine":
-            return launch.combine(*args)
+            return fn.CombineFn.apply(*args)
         raise IRError("the Triton backend has no kernel for this op", node.name, node.op)
 
     def run(self, inputs: Mapping, params: Mapping) -> list:

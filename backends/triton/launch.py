@@ -153,7 +153,7 @@ def combine(y_RH, order_R, weights):
     T = R // top_k if top_k else 0
     out = torch.empty(T, H, dtype=y_RH.dtype, device=y_RH.device)
     if R and H:
-        inverse_R = torch.empty_like(order_R)
+        inverse_R = torch.empty(R, dtype=order_R.dtype, device=order_R.device)
         kernel("inverse_kernel", y_RH)[(triton.cdiv(R, 256),)](order_R.contiguous(), inverse_R, R, BLOCK_R=256)
         block = min(pow2(H), 256)
         kernel("combine_kernel", y_RH)[(T, triton.cdiv(H, block))](

@@ -1,7 +1,9 @@
 """Ahead-of-time lowering: every kernel instance of a graph compiled by Triton for a named GPU target on
 any machine (no GPU needed): PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD), intermediate stages on
-request, manifest.json. Compiled kernels are cached on disk (cache_dir/lower/<key>/), keyed by kernel
-source, signature, constexprs, launch options, target and Triton version."""
+request, manifest.json. With options.backward, the training kernels too (grouped GEMM dx/dw, SwiGLU,
+combine and dispatch backward), each instance marked "pass": "backward" in the manifest. Compiled kernels
+are cached on disk (cache_dir/lower/<key>/), keyed by kernel source, signature, constexprs, launch options,
+target and Triton version."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ...ir import Graph
 from ..base import BackendError, write_manifest
 from . import kernels
 from .launch import SCORING, pow2
+from .launch_bwd import dw_tiles, dx_tiles
 from .tuning import TuningCache
 
 KERNEL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
@@ -43,10 +46,10 @@ def instance(name: str, nodes: list[str], signature: dict, constexprs: dict, con
     sig = dict(signature)
     sig.update({k: "constexpr" for k in constexprs})
     return {"kernel": name, "nodes": nodes, "signature": sig, "constexprs": constexprs, "tile_config": config,
-            "num_warps": num_warps, "num_stages": num_stages}
+            "num_warps": num_warps, "num_stages": num_stages, "pass": "forward"}
 
 
-def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int) -> list[dict]:
+def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int, backward: bool = False) -> list[dict]:
     """One kernel instance per (kernel, signature, constexprs, options); nodes sharing one are merged."""
     from .executable import fusable_swiglu
 
@@ -58,8 +61,12 @@ def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int) 
         if node.name in fused_away or node.op not in KERNEL_OPS:
             continue
         dt = TL_DTYPES[values[node.inputs[0]].type.dtype.value]
-        for inst in kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused):
-            k = json.dumps({x: inst[x] for x in ("kernel", "signature", "constexprs", "num_warps", "num_stages")},
+        insts = kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused)
+        if backward:
+            insts += backward_kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused)
+        for inst in insts:
+            k = json.dumps({x: inst[x] for x in ("kernel", "signature", "constexprs", "num_warps", "num_stages",
+                                                 "pass")},
                            sort_keys=True)
             if k in found:
                 found[k]["nodes"].append(node.name)
@@ -107,6 +114,43 @@ def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict
     raise BackendError(f"triton: no kernel for node '{node.name}' (op {node.op})")
 
 
+def backward_kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict]:
+    """The kernels .autograd launches in the backward of this node (the router's backward is torch)."""
+    n, out = [node.name], []
+    if node.op == "grouped_matmul":
+        E, N, K = values[node.inputs[1]].type.shape
+        cfg, _ = tuning.get(arch, values[node.inputs[0]].type.dtype.value, N, K, tokens)
+        precision = "tf32x3" if dt == "fp32" and arch.startswith("sm") else "ieee"
+        sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "offsets_ptr": "*i64", "N": "i32",
+               "K": "i32"}
+        ce = {"E": E, "PRECISION": precision, "BLOCK_E": pow2(E), **dx_tiles(cfg)}
+        out.append(instance("grouped_gemm_dx_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages))
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "offsets_ptr": "*i64", "N": "i32",
+               "K": "i32"}
+        ce = {"PRECISION": precision, **dw_tiles(cfg)}
+        out.append(instance("grouped_gemm_dw_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages))
+        if fuse_swiglu:   # the backward recomputes gate_up with the plain GEMM, then the SwiGLU derivative
+            out += [dict(i, constexprs={**i["constexprs"], "SWIGLU": False})
+                    for i in kernels_of(node, values, dt, arch, tuning, tokens, True)]
+            out.append(instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
+                                                         "F": "i32"}, {"BLOCK_F": 256}))
+    elif node.op == "swiglu":
+        out.append(instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
+                                                     "F": "i32"}, {"BLOCK_F": 256}))
+    elif node.op == "combine":
+        K = values[node.inputs[2]].type.shape[-1]
+        sig = {"y_ptr": f"*{dt}", "order_ptr": "*i64", "w_ptr": f"*{dt}", "dout_ptr": f"*{dt}", "dy_ptr": f"*{dt}",
+               "dw_ptr": f"*{dt}", "H": "i32"}
+        out.append(instance("combine_bwd_kernel", n, sig, {"TOP_K": K, "BLOCK_H": 256}))
+    elif node.op == "dispatch":
+        K = values[node.inputs[1]].type.shape[-1]
+        out.append(instance("dispatch_bwd_kernel", n, {"drows_ptr": f"*{dt}", "inverse_ptr": "*i64",
+                                                       "dx_ptr": f"*{dt}", "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256}))
+    for inst in out:
+        inst["pass"] = "backward"
+    return out
+
+
 def cache_key(inst: dict, target: str, stages: tuple[str, ...]) -> str:
     src = inspect.getsource(getattr(kernels, inst["kernel"]).fn)
     blob = json.dumps([src, {k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
@@ -145,7 +189,7 @@ def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: 
     tuning = TuningCache(options.cache_path())
     asm_stage, bin_stage = binary_stages(target)
     entries, hits = [], 0
-    for i, inst in enumerate(node_instances(graph, target, tuning, options.tokens)):
+    for i, inst in enumerate(node_instances(graph, target, tuning, options.tokens, options.backward)):
         entry = cache_root / cache_key(inst, target, options.stages)
         hit = (entry / "meta.json").exists()
         meta = json.loads((entry / "meta.json").read_text()) if hit else compile_instance(

@@ -1,6 +1,7 @@
 """Ahead-of-time lowering of the debug model with no GPU: the artifacts are real (ptxas assembles the PTX,
 the grouped GEMM uses each target's matrix instructions, the hsaco is an AMDGPU ELF for its gfx)."""
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -143,3 +144,21 @@ def test_interpreting_on_the_cpu_leaves_triton_able_to_compile(tmp_path, monkeyp
     graph = build_moe_layer(preset("debug"))
     manifest = TritonBackend().lower(graph, "rocm:gfx942", tmp_path / "out", TritonOptions(cache_dir=str(tmp_path)))
     assert manifest["cache"]["misses"] == len(manifest["kernels"]) > 0
+
+
+@pytest.mark.parametrize("target", ["cuda:sm_90", "rocm:gfx942"])
+def test_backward_kernels_lower_with_matrix_instructions(lowered, target, tmp_path):
+    """The training kernels cross-compile too; forward instances come from the fixture's cache."""
+    _, _, _, options, graph = lowered[target]
+    manifest = TritonBackend().lower(graph, target, tmp_path, dataclasses.replace(options, backward=True))
+    backward = {k["kernel"]: k for k in manifest["kernels"] if k["pass"] == "backward"}
+    assert set(backward) == {"grouped_gemm_dx_kernel", "grouped_gemm_dw_kernel", "grouped_gemm_kernel",
+                             "swiglu_bwd_kernel", "combine_bwd_kernel", "dispatch_bwd_kernel"}
+    assert backward["grouped_gemm_kernel"]["constexprs"]["SWIGLU"] is False   # recomputes gate_up
+    for name in ("grouped_gemm_dx_kernel", "grouped_gemm_dw_kernel"):
+        k = backward[name]
+        text = (tmp_path / k["artifacts"]["ptx" if target.startswith("cuda") else "amdgcn"]).read_text()
+        assert text.count(MATRIX[target]) > 0, f"{name} has no {MATRIX[target]}"
+        binary = tmp_path / k["artifacts"]["cubin" if target.startswith("cuda") else "hsaco"]
+        assert elf_header(binary)[0] == (EM_CUDA if target.startswith("cuda") else EM_AMDGPU)
+    assert all(k["cache_hit"] for k in manifest["kernels"] if k["pass"] == "forward")

@@ -1,0 +1,121 @@
+"""torch.autograd.Functions around the Triton kernels: forward and backward both run Triton kernels,
+except the router's backward (see RouterFn). Legend: T tokens, H hidden, E experts, K top-k, R = T*K
+rows, N out features, F = N/2.
+
+- grouped_matmul: dx = dy[seg] @ w[e] and dw[e] = dy[seg]^T @ x[seg], Triton (kernels/grouped_gemm_bwd).
+- grouped_matmul fused with swiglu: the backward recomputes the pre-activation gate_up = x @ w[e]^T from
+  the saved input (one more forward GEMM instead of keeping an R x 2F tensor alive), then the SwiGLU
+  derivative (Triton, kernels/backward), then the two GEMMs above.
+- swiglu, combine (dy rows and d routing weights), dispatch (gather-sum of row grads per token):
+  Triton kernels (kernels/backward).
+- router: torch autograd through the reference math for logits -> scores -> the selected weights, in
+  float32, with the experts the Triton kernel selected (selection itself has no gradient)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import launch, launch_bwd
+from .tuning import GemmConfig
+
+
+class GroupedMatmulFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_RK, weight_ENK, offsets, cfg: GemmConfig, swiglu: bool):
+        ctx.save_for_backward(x_RK, weight_ENK, offsets)
+        ctx.cfg, ctx.swiglu = cfg, swiglu
+        return launch.grouped_matmul(x_RK, weight_ENK, offsets, cfg, swiglu=swiglu)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_RK, weight_ENK, offsets = ctx.saved_tensors
+        if ctx.swiglu:
+            gate_up_RN = launch.grouped_matmul(x_RK, weight_ENK, offsets, ctx.cfg)
+            dy = launch_bwd.swiglu_bwd(gate_up_RN, dy)
+        dx = launch_bwd.grouped_matmul_dx(dy, weight_ENK, offsets, ctx.cfg) if ctx.needs_input_grad[0] else None
+        dw = launch_bwd.grouped_matmul_dw(dy, x_RK, offsets, weight_ENK.shape[0], ctx.cfg) \
+            if ctx.needs_input_grad[1] else None
+        return dx, dw, None, None, None
+
+
+class SwigluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return launch.swiglu(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return launch_bwd.swiglu_bwd(x, dy)
+
+
+class CombineFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y_RH, order_R, weights):
+        ctx.save_for_backward(y_RH, order_R, weights)
+        return launch.combine(y_RH, order_R, weights)
+
+    @staticmethod
+    def backward(ctx, dout):
+        y_RH, order_R, weights = ctx.saved_tensors
+        dy, dw = launch_bwd.combine_bwd(y_RH, order_R, weights, dout)
+        return dy, None, dw
+
+
+class DispatchFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, indices, num_experts: int):
+        rows_RH, offsets, order_R = launch.dispatch(x, indices, num_experts=num_experts)
+        ctx.save_for_backward(order_R)
+        ctx.x_shape, ctx.top_k = x.shape, indices.shape[-1]
+        ctx.mark_non_differentiable(offsets, order_R)
+        return rows_RH, offsets, order_R
+
+    @staticmethod
+    def backward(ctx, drows_RH, _offsets, _order):
+        (order_R,) = ctx.saved_tensors
+        return launch_bwd.dispatch_bwd(drows_RH, order_R, ctx.x_shape, ctx.top_k), None, None
+
+
+def router_weights(x, weight, bias, idx_TK, *, scoring, normalize, scaling, **_):
+    """The reference's router math from logits to the routing weights, for the given selection."""
+    x_TH = x.reshape(-1, x.shape[-1]).float()
+    logits_TE = F.linear(x_TH, weight.float(), None if bias is None else bias.float())
+    if scoring == "softmax":
+        scores_TE = torch.softmax(logits_TE, dim=-1)
+    elif scoring == "sigmoid":
+        scores_TE = torch.sigmoid(logits_TE)
+    else:
+        scores_TE = logits_TE
+    weights_TK = scores_TE.gather(-1, idx_TK.reshape(-1, idx_TK.shape[-1]))
+    if scoring == "softmax_topk":
+        weights_TK = torch.softmax(weights_TK, dim=-1)
+    elif normalize:
+        weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
+    return weights_TK * scaling, logits_TE
+
+
+class RouterFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, score_bias, attrs: dict):
+        weights_TK, idx_TK, logits_TE = launch.router(x, weight, bias, score_bias, **attrs)
+        ctx.save_for_backward(x, weight, bias, idx_TK)
+        ctx.attrs = attrs
+        ctx.mark_non_differentiable(idx_TK)
+        return weights_TK, idx_TK, logits_TE
+
+    @staticmethod
+    def backward(ctx, dweights, _idx, dlogits):
+        x, weight, bias, idx_TK = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [None if t is None else t.detach().requires_grad_(need)
+                      for t, need in zip((x, weight, bias), ctx.needs_input_grad)]
+            w_TK, logits_TE = router_weights(*leaves, idx_TK, **ctx.attrs)
+            wrt = [t for t in leaves if t is not None and t.requires_grad]
+            got = iter(torch.autograd.grad(
+                (w_TK, logits_TE), wrt, (dweights.reshape(w_TK.shape).float(), dlogits.reshape(logits_TE.shape)),
+                allow_unused=True))
+        grads = [next(got) if t is not None and t.requires_grad else None for t in leaves]
+        return (*grads, None, None)
