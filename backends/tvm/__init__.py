@@ -1,15 +1,15 @@
-"""The TVM backend (apache-tvm 0.27): every MoE op and the dense ops lowered to TVMScript/TE kernels
-with symbolic token counts. Executes on the CPU (llvm with the host's -mcpu, parallel and vectorised)
-and on OpenCL devices (PoCL included) through pyopencl; lowers ahead of time for CUDA (PTX/cubin via
-nvcc), ROCm (AMDGPU assembly + code object), OpenCL, Metal and the CPU (.so).
+"""The TVM backend (apache-tvm 0.27): every op of the IR (MoE, dense, attention, cross_entropy) lowered to
+TVMScript/TE kernels with symbolic token counts. Executes on the CPU (llvm with the host's -mcpu,
+parallel and vectorised) and on OpenCL devices (PoCL included) through pyopencl; lowers ahead of time
+for CUDA (PTX/cubin via nvcc), ROCm (AMDGPU assembly + code object), OpenCL, Metal and the CPU (.so).
 
 TVM itself is imported on first use (it takes ~2 s), not when the backend is discovered.
 
 Every op's arithmetic and data movement runs in TVM kernels. What stays in torch: allocating outputs,
-reshapes, packing expert weights to [E, K, N] once per weight version (CPU), and the input checks
-that must fail cleanly before a kernel could index out of bounds (expert indices and embedding ids in
-range, offsets a non-decreasing split). Gradients: not differentiable; the runtime recomputes them
-with the reference (the declared fallback)."""
+reshapes, packing expert weights to [E, K, N] once per weight version (CPU), and the input checks that
+must fail cleanly before a kernel could index out of bounds (expert indices and embedding ids in range,
+cross_entropy targets in range, offsets a non-decreasing split). Gradients: not differentiable; the
+runtime recomputes them with the reference (the declared fallback)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,9 @@ from ..base import Backend, BackendError, BackendOptions, Executable, Support
 from ..devices import Device
 
 CPU_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "add", "mul", "silu",
-           "sigmoid", "gelu", "rms_norm", "softmax", "embedding")
-OPENCL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear")
+           "sigmoid", "gelu", "rms_norm", "softmax", "embedding", "attention", "cross_entropy")
+OPENCL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "attention", "cross_entropy")
 DECLINED = {
-    "attention": "not lowered to TVM yet; the runtime runs it on another backend",
-    "cross_entropy": "not lowered to TVM yet; the runtime runs it on another backend",
     "float16": "the kernels are written for float32 (fp16 has no fast CPU path here: ~0.3 GFLOP/s)",
     "bfloat16": "the kernels are written for float32; bf16 is not lowered yet",
     "float64": "float64 is the oracle's dtype; the reference runs it",

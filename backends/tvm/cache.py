@@ -14,7 +14,7 @@ from pathlib import Path
 from ..base import sha256_file
 from .env import TVM_VERSION
 
-CODE_FILES = ("gemm_kernels.py", "moe_kernels.py", "dense.py", "lower.py")
+CODE_FILES = ("gemm_kernels.py", "moe_kernels.py", "dense.py", "lower.py", "attention.py", "loss.py")
 STATS: Counter = Counter()       # hit / miss / corrupt, for tests and the demo line
 
 

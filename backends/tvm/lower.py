@@ -16,7 +16,9 @@ import torch
 
 from ...ir import IRError, Node
 from . import dense, gemm_kernels, moe_kernels
+from .attention import attention_step
 from .gemm_kernels import BM, BN, CpuTile
+from .loss import cross_entropy_step
 
 
 @dataclass
@@ -224,6 +226,10 @@ def plan(graph, tile_for: Callable[[str, int, int, int], tuple[CpuTile, str]], s
             steps.append(swiglu_step(node, types[out].shape[-1]))
         elif node.op == "combine":
             steps.append(combine_step(node, types[node.inputs[2]].shape[-1], types[out].shape[-1]))
+        elif node.op == "attention":
+            steps.append(attention_step(node, Step))
+        elif node.op == "cross_entropy":
+            steps.append(cross_entropy_step(node, types[node.inputs[0]].shape[-1], Step))
         else:
             steps.append(dense_step(node, types))
     return steps

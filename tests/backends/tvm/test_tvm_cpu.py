@@ -121,7 +121,8 @@ def test_support_is_declared_as_data(backend, compile_cpu):
     support = backend.support(cpu_device())
     assert support.reason("grouped_matmul", f32) is None
     assert "float32" in support.reason("grouped_matmul", DType.float16)
-    assert "not lowered" in support.reason("attention", f32)
+    assert support.reason("attention", f32) is None and support.reason("cross_entropy", f32) is None
+    assert "oracle" in support.reason("attention", DType.float64)
     assert compile_cpu(moe_graph()).differentiable is False      # gradients: the reference recomputes them
     graph = build_moe_layer(preset("debug").with_(dtype="bfloat16"))
     with pytest.raises(BackendError, match="bf16|bfloat16"):
