@@ -38,7 +38,7 @@ def conformance(graph, params, device, out):
     from ..runtime import select
 
     t0 = time.perf_counter()
-    report = run_quick("all", device.id, ["float32"])
+    report = run_quick("all", device.id, ["float32"], progress=True)
     for line in report.summary_lines():
         print(line)
     out.mkdir(parents=True, exist_ok=True)
