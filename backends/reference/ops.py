@@ -112,28 +112,36 @@ def group_mask(selection_TE, num_groups: int, top_groups: int, group_score: str)
     return selection_TE.masked_fill(~mask_TE, float("-inf"))
 
 
-def router(x, weight, bias=None, score_bias=None, *, top_k, scoring, num_groups, top_groups, group_score,
-           normalize, scaling):
-    acc = acc_dtype(x)
-    lead = x.shape[:-1]
-    x_TH = x.reshape(-1, x.shape[-1]).to(acc)
-    logits_TE = F.linear(x_TH, weight.to(acc), None if bias is None else bias.to(acc))
+def router_scores(x_TH, weight, bias, scoring: str):
+    """(logits, scores) [T, E] in x_TH's dtype: the part of the router that gradients flow through."""
+    logits_TE = F.linear(x_TH, weight.to(x_TH.dtype), None if bias is None else bias.to(x_TH.dtype))
     if scoring == "softmax":
-        scores_TE = torch.softmax(logits_TE, dim=-1)
-    elif scoring == "sigmoid":
-        scores_TE = torch.sigmoid(logits_TE)
-    else:
-        scores_TE = logits_TE
-    selection_TE = scores_TE if score_bias is None else scores_TE + score_bias.to(acc)
-    if num_groups > 1:
-        selection_TE = group_mask(selection_TE, num_groups, top_groups, group_score)
-    _, idx_TK = stable_topk(selection_TE.detach(), top_k)
+        return logits_TE, torch.softmax(logits_TE, dim=-1)
+    if scoring == "sigmoid":
+        return logits_TE, torch.sigmoid(logits_TE)
+    return logits_TE, logits_TE
+
+
+def routing_weights(scores_TE, idx_TK, *, scoring: str, normalize: bool, scaling: float):
+    """The weights of the picked experts [T, K]: gathered scores, softmaxed or renormalised, scaled."""
     weights_TK = scores_TE.gather(-1, idx_TK)
     if scoring == "softmax_topk":
         weights_TK = torch.softmax(weights_TK, dim=-1)
     elif normalize:
         weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
-    weights_TK = weights_TK * scaling
+    return weights_TK * scaling
+
+
+def router(x, weight, bias=None, score_bias=None, *, top_k, scoring, num_groups, top_groups, group_score,
+           normalize, scaling):
+    lead = x.shape[:-1]
+    x_TH = x.reshape(-1, x.shape[-1]).to(acc_dtype(x))
+    logits_TE, scores_TE = router_scores(x_TH, weight, bias, scoring)
+    selection_TE = scores_TE if score_bias is None else scores_TE + score_bias.to(x_TH.dtype)
+    if num_groups > 1:
+        selection_TE = group_mask(selection_TE, num_groups, top_groups, group_score)
+    _, idx_TK = stable_topk(selection_TE.detach(), top_k)
+    weights_TK = routing_weights(scores_TE, idx_TK, scoring=scoring, normalize=normalize, scaling=scaling)
     return (weights_TK.to(x.dtype).reshape(*lead, top_k), idx_TK.reshape(*lead, top_k),
             logits_TE.reshape(*lead, weight.shape[0]))
 

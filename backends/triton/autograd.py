@@ -14,8 +14,8 @@ rows, N out features, F = N/2.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..reference.ops import router_scores, routing_weights
 from . import launch, launch_bwd
 from .tuning import GemmConfig
 
@@ -81,20 +81,9 @@ class DispatchFn(torch.autograd.Function):
 
 def router_weights(x, weight, bias, idx_TK, *, scoring, normalize, scaling, **_):
     """The reference's router math from logits to the routing weights, for the given selection."""
-    x_TH = x.reshape(-1, x.shape[-1]).float()
-    logits_TE = F.linear(x_TH, weight.float(), None if bias is None else bias.float())
-    if scoring == "softmax":
-        scores_TE = torch.softmax(logits_TE, dim=-1)
-    elif scoring == "sigmoid":
-        scores_TE = torch.sigmoid(logits_TE)
-    else:
-        scores_TE = logits_TE
-    weights_TK = scores_TE.gather(-1, idx_TK.reshape(-1, idx_TK.shape[-1]))
-    if scoring == "softmax_topk":
-        weights_TK = torch.softmax(weights_TK, dim=-1)
-    elif normalize:
-        weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
-    return weights_TK * scaling, logits_TE
+    logits_TE, scores_TE = router_scores(x.reshape(-1, x.shape[-1]).float(), weight, bias, scoring)
+    idx_TK = idx_TK.reshape(-1, idx_TK.shape[-1])
+    return routing_weights(scores_TE, idx_TK, scoring=scoring, normalize=normalize, scaling=scaling), logits_TE
 
 
 class RouterFn(torch.autograd.Function):

@@ -8,7 +8,6 @@ target and Triton version."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -152,7 +151,7 @@ def backward_kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> 
 
 
 def cache_key(inst: dict, target: str, stages: tuple[str, ...]) -> str:
-    src = inspect.getsource(getattr(kernels, inst["kernel"]).fn)
+    src = getattr(kernels, inst["kernel"]).cache_key      # the kernel's source and every @jit helper it calls
     blob = json.dumps([src, {k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
                        target, sorted(stages), triton.__version__], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -11,24 +11,29 @@ import triton.language as tl
 
 
 @triton.jit
-def grouped_gemm_kernel(x_ptr, w_ptr, y_ptr, offsets_ptr, scale_ptr, order_ptr, N_OUT, K,
-                        E: tl.constexpr, SWIGLU: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
-                        BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def segment_tile(offsets_ptr, pid_m, E: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The rows of M-tile pid_m, tiles numbered segment by segment: (valid, expert, rows, row mask)."""
     e = tl.arange(0, BLOCK_E)
     lo_E = tl.load(offsets_ptr + e, mask=e < E, other=0)
     hi_E = tl.load(offsets_ptr + e + 1, mask=e < E, other=0)
     tiles_E = (hi_E - lo_E + BLOCK_M - 1) // BLOCK_M
     ends_E = tl.cumsum(tiles_E, axis=0)
-    if pid_m < tl.sum(tiles_E, axis=0):
-        expert = tl.sum(tl.where(ends_E <= pid_m, 1, 0), axis=0)
-        here = e == expert
-        first_tile = tl.sum(tl.where(here, ends_E - tiles_E, 0), axis=0)
-        seg_hi = tl.sum(tl.where(here, hi_E, 0), axis=0)
-        rm = tl.sum(tl.where(here, lo_E, 0), axis=0) + (pid_m - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = rm < seg_hi
+    expert = tl.sum(tl.where(ends_E <= pid_m, 1, 0), axis=0)
+    here = e == expert
+    first_tile = tl.sum(tl.where(here, ends_E - tiles_E, 0), axis=0)
+    seg_hi = tl.sum(tl.where(here, hi_E, 0), axis=0)
+    rm = tl.sum(tl.where(here, lo_E, 0), axis=0) + (pid_m - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return pid_m < tl.sum(tiles_E, axis=0), expert, rm, rm < seg_hi
+
+
+@triton.jit
+def grouped_gemm_kernel(x_ptr, w_ptr, y_ptr, offsets_ptr, scale_ptr, order_ptr, N_OUT, K,
+                        E: tl.constexpr, SWIGLU: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
+                        BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(1)
+    valid, expert, rm, m_ok = segment_tile(offsets_ptr, tl.program_id(0), E, BLOCK_E, BLOCK_M)
+    if valid:
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N_OUT
         n_total = N_OUT * 2 if SWIGLU else N_OUT

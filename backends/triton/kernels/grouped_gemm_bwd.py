@@ -9,25 +9,16 @@ grouped_gemm_dw_kernel: dw[e] = dy[seg e]^T @ x[seg e] (a grouped "X^T.Y"), one 
 import triton
 import triton.language as tl
 
+from .grouped_gemm import segment_tile
+
 
 @triton.jit
 def grouped_gemm_dx_kernel(dy_ptr, w_ptr, dx_ptr, offsets_ptr, N, K, E: tl.constexpr, PRECISION: tl.constexpr,
                            BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    e = tl.arange(0, BLOCK_E)
-    lo_E = tl.load(offsets_ptr + e, mask=e < E, other=0)
-    hi_E = tl.load(offsets_ptr + e + 1, mask=e < E, other=0)
-    tiles_E = (hi_E - lo_E + BLOCK_M - 1) // BLOCK_M
-    ends_E = tl.cumsum(tiles_E, axis=0)
-    if pid_m < tl.sum(tiles_E, axis=0):
-        expert = tl.sum(tl.where(ends_E <= pid_m, 1, 0), axis=0)
-        here = e == expert
-        first_tile = tl.sum(tl.where(here, ends_E - tiles_E, 0), axis=0)
-        seg_hi = tl.sum(tl.where(here, hi_E, 0), axis=0)
-        rm = tl.sum(tl.where(here, lo_E, 0), axis=0) + (pid_m - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = rm < seg_hi
+    valid, expert, rm, m_ok = segment_tile(offsets_ptr, tl.program_id(0), E, BLOCK_E, BLOCK_M)
+    if valid:
         rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         w_e = w_ptr + expert.to(tl.int64) * N * K
