@@ -14,4 +14,11 @@ for package, folder in ROOTS.items():
     package_dir[package] = folder
     packages += [package] + [f"{package}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=package_dir, package_data={"": ["*.json"]})
+# data that is not in a package of its own (a folder without __init__.py) must be named from its package
+DATA = {
+    "portable_moe.backends.triton": ["tuned/*.json"],
+    "portable_moe.backends.tvm": ["tuned/*.json"],
+    "portable_moe.conformance": ["known_failures/*.json"],
+}
+
+setup(packages=packages, package_dir=package_dir, package_data={"": ["*.json"], **DATA})
