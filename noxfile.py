@@ -10,8 +10,9 @@ CPU_TORCH = "torch==2.13.0"
 
 
 def install(session):
+    """A regular (not editable) install, so the tests see what a wheel ships."""
     session.install(CPU_TORCH)
-    session.install("-e", ".[dev]")
+    session.install(".[dev]")
 
 
 @nox.session
