@@ -4,7 +4,7 @@ Equalises time (tokens / throughput) rather than tokens, gives each device the s
 and re-plans incrementally under a bytes-moved budget.
 """
 
-from .calibrate import calibrate, calibrate_torch
+from .calibrate import calibrate, calibrate_backend, calibrate_torch
 from .cluster import BalanceError, Cluster, Device, cluster_from_json, load_cluster, save_cluster
 from .eplb import eplb_placement, even_placement, rebalance_experts
 from .placement import (
@@ -30,6 +30,7 @@ __all__ = [
     "LoadStats",
     "Placement",
     "calibrate",
+    "calibrate_backend",
     "calibrate_torch",
     "cluster_from_json",
     "eplb_placement",

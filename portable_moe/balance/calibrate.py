@@ -61,3 +61,24 @@ def calibrate_torch(
         sync = torch.mps.synchronize
     with torch.no_grad():
         return calibrate(run, tokens, hidden, ffn, repeats=repeats, sync=sync)
+
+
+def calibrate_backend(device: str = "cpu", backend: str | None = None, dtype: str = "float32", hidden: int = 1024,
+                      ffn: int = 512, tokens: int = 256, repeats: int = 5) -> float:
+    """Tokens/s of one expert (gate/up grouped GEMM, SwiGLU, down grouped GEMM) compiled for `device` by the
+    backend selected for it (or `backend`): the throughput the balancer should plan with."""
+    import torch
+
+    from ..backends.reference import TORCH_DTYPES
+    from ..ir import DType
+    from ..models import expert_ffn_graph
+    from ..runtime import compile
+
+    model = compile(expert_ffn_graph(hidden, ffn, DType(dtype), 1), {}, device=device, backend=backend)
+    g = torch.Generator().manual_seed(0)
+    dt = TORCH_DTYPES[dtype]
+    inputs = (torch.randn(tokens, hidden, generator=g).to(dt), (torch.randn(1, 2 * ffn, hidden, generator=g)
+              / hidden**0.5).to(dt), (torch.randn(1, hidden, ffn, generator=g) / ffn**0.5).to(dt),
+              torch.tensor([0, tokens]))
+    with torch.no_grad():
+        return calibrate(lambda: model(*inputs), tokens, hidden, ffn, repeats=repeats)

@@ -83,3 +83,16 @@ def build_model(cfg: MoEConfig, with_loss: bool = False) -> Graph:
         return verify(b.finish(logits))
     targets = b.input("targets", TensorType(DType.int64, ("batch", "seq")))
     return verify(b.finish(logits, b.op1("cross_entropy", logits, targets, name="loss")))
+
+
+def expert_ffn_graph(hidden: int, ffn: int, dtype: DType, slots: int):
+    """rows[n, H] -> grouped gate_up -> swiglu -> grouped down, the experts' weights as inputs: the expert
+    compute alone (a rank's local experts in training; calibration of a device's expert throughput)."""
+    b = GraphBuilder("local-experts")
+    rows = b.input("rows", TensorType(dtype, ("rows", hidden)))
+    gate_up = b.input("gate_up", TensorType(dtype, (slots, 2 * ffn, hidden)))
+    down = b.input("down", TensorType(dtype, (slots, hidden, ffn)))
+    offsets = b.input("offsets", TensorType(DType.int64, (slots + 1,)))
+    h = b.op1("grouped_matmul", rows, gate_up, offsets, name="ffn_gate_up")
+    h = b.op1("swiglu", h, name="ffn_swiglu")
+    return b.finish(b.op1("grouped_matmul", h, down, offsets, name="ffn_down"))

@@ -12,21 +12,7 @@ import time
 
 import torch
 
-from ..ir import DType, GraphBuilder, TensorType
 from .comm import Comm
-
-
-def expert_ffn_graph(hidden: int, ffn: int, dtype: DType, slots: int):
-    """rows[n, H] -> grouped gate_up -> swiglu -> grouped down; the local experts' weights are inputs so
-    gradients reach the rank's own per-expert parameters."""
-    b = GraphBuilder("local-experts")
-    rows = b.input("rows", TensorType(dtype, ("rows", hidden)))
-    gate_up = b.input("gate_up", TensorType(dtype, (slots, 2 * ffn, hidden)))
-    down = b.input("down", TensorType(dtype, (slots, hidden, ffn)))
-    offsets = b.input("offsets", TensorType(DType.int64, (slots + 1,)))
-    h = b.op1("grouped_matmul", rows, gate_up, offsets, name="ffn_gate_up")
-    h = b.op1("swiglu", h, name="ffn_swiglu")
-    return b.finish(b.op1("grouped_matmul", h, down, offsets, name="ffn_down"))
 
 
 def replica_destinations(e_R: torch.Tensor, share_EW: torch.Tensor) -> torch.Tensor:

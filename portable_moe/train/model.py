@@ -12,8 +12,8 @@ import torch
 
 from .. import compile as pm_compile
 from ..backends.reference import ops
-from ..models import MoEConfig, build_model, init_params
-from .expert_parallel import ExpertParallel, expert_ffn_graph
+from ..models import MoEConfig, build_model, expert_ffn_graph, init_params
+from .expert_parallel import ExpertParallel
 
 EXPERT_KINDS = ("gate_up", "down")
 
