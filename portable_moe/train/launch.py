@@ -33,9 +33,11 @@ def torchrun_command(config_file: Path, nproc: int, max_restarts: int = 0, port:
 
 
 def environment() -> dict[str, str]:
-    """Restarted gloo workers reconnect only with the rendezvous store not shared (FIELD-NOTES)."""
+    """Restarted gloo workers reconnect only with the rendezvous store not shared (FIELD-NOTES).
+    PYTHONSAFEPATH: `python -m` must not put the working directory first on sys.path, or a source
+    checkout there would shadow the installed package."""
     return os.environ | {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
-                         "MASTER_ADDR": "127.0.0.1", "TRITON_INTERPRET": "1"}
+                         "MASTER_ADDR": "127.0.0.1", "TRITON_INTERPRET": "1", "PYTHONSAFEPATH": "1"}
 
 
 def write_config(cfg: TrainConfig, where: Path) -> Path:
@@ -48,7 +50,7 @@ def write_config(cfg: TrainConfig, where: Path) -> Path:
 def print_command(cfg: TrainConfig, where: Path, nnodes: int = 1, endpoint: str = "HOST:29500") -> str:
     cmd = torchrun_command(write_config(cfg, where), cfg.world // max(nnodes, 1), nnodes=str(nnodes),
                            endpoint=endpoint)
-    return "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 " + shlex.join(cmd)
+    return "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 PYTHONSAFEPATH=1 " + shlex.join(cmd)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from portable_moe.cli.main import main
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "portable_moe.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-P", "-m", "portable_moe.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
