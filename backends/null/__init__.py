@@ -3,7 +3,6 @@ testable on any machine with it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ...ir import ALL_OPS, DType, Graph, to_json
@@ -37,4 +36,4 @@ class NullBackend(Backend):
         (out_dir / "graph.json").write_text(to_json(graph))
         kernels = [{"kernel": n.name, "op": n.op, "artifacts": {}} for n in graph.nodes]
         kernels.append({"kernel": "graph", "op": "graph", "artifacts": {"ir": "graph.json"}})
-        return write_manifest(out_dir, self.name, target, graph, kernels, note=json.dumps("no code generated"))
+        return write_manifest(out_dir, self.name, target, graph, kernels, note="no code generated")

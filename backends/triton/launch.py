@@ -147,14 +147,21 @@ def swiglu(x):
     return y.reshape(*x.shape[:-1], F)
 
 
+def inverse_permutation(order_R):
+    """inverse[order[r]] = r: where each (token, k) pair's row landed."""
+    R = order_R.numel()
+    inverse_R = torch.empty(R, dtype=order_R.dtype, device=order_R.device)
+    kernel("inverse_kernel", order_R)[(triton.cdiv(R, 256),)](order_R.contiguous(), inverse_R, R, BLOCK_R=256)
+    return inverse_R
+
+
 def combine(y_RH, order_R, weights):
     top_k, H = weights.shape[-1], y_RH.shape[-1]
     R = order_R.numel()
     T = R // top_k if top_k else 0
     out = torch.empty(T, H, dtype=y_RH.dtype, device=y_RH.device)
     if R and H:
-        inverse_R = torch.empty(R, dtype=order_R.dtype, device=order_R.device)
-        kernel("inverse_kernel", y_RH)[(triton.cdiv(R, 256),)](order_R.contiguous(), inverse_R, R, BLOCK_R=256)
+        inverse_R = inverse_permutation(order_R)
         block = min(pow2(H), 256)
         kernel("combine_kernel", y_RH)[(T, triton.cdiv(H, block))](
             y_RH.contiguous(), inverse_R, weights.reshape(-1).contiguous(), out, H, TOP_K=top_k, BLOCK_H=block)

@@ -10,7 +10,7 @@ import math
 import torch
 import triton
 
-from .launch import dot_precision, kernel, pow2
+from .launch import dot_precision, inverse_permutation, kernel, pow2
 from .tuning import GemmConfig
 
 
@@ -91,8 +91,7 @@ def dispatch_bwd(drows_RH, order_R, x_shape, top_k: int):
     T = math.prod(x_shape[:-1])
     dx_TH = torch.zeros(T, H, dtype=drows_RH.dtype, device=drows_RH.device)
     if R and H:
-        inverse_R = torch.empty(R, dtype=order_R.dtype, device=order_R.device)
-        kernel("inverse_kernel", drows_RH)[(triton.cdiv(R, 256),)](order_R.contiguous(), inverse_R, R, BLOCK_R=256)
+        inverse_R = inverse_permutation(order_R)
         block = min(pow2(H), 256)
         kernel("dispatch_bwd_kernel", drows_RH)[(T, triton.cdiv(H, block))](
             drows_RH.contiguous(), inverse_R, dx_TH, H, TOP_K=top_k, BLOCK_H=block)

@@ -34,11 +34,13 @@ def platform_device():
     """(platform name, device name) of the first OpenCL device, or None when there is none."""
     try:
         import pyopencl as cl
-
+    except ImportError:
+        return None
+    try:
         for p in cl.get_platforms():
             for d in p.get_devices():
                 return p.name, d.name, d.global_mem_size
-    except Exception:
+    except cl.Error:        # no ICD loader or no platform installed: the same as no device
         return None
     return None
 

@@ -11,7 +11,7 @@ import torch
 from .. import compile as compile_model
 from .. import registry
 from ..backends.reference import run_graph
-from ..ir import PortableMoeError, to_json
+from ..ir import Graph, PortableMoeError, to_json
 from ..models import build_model, build_moe_layer, init_params, preset
 from ..runtime import all_devices, resolve_device
 from ..runtime.tolerance import global_error
@@ -80,7 +80,6 @@ def routing_agrees(layer, device, backend) -> bool:
     env: dict = {}
     run_graph(layer, {"x": x.double()}, {k: v.double() for k, v in params.items()}, env)
     probe = layer.nodes[0]
-    from ..ir import Graph
     router_only = Graph("router", layer.inputs, [p for p in layer.params if p.name.startswith("router")], [probe],
                         [probe.outputs[1].name])
     model = compile_model(router_only, {k: v for k, v in params.items() if k.startswith("router")}, device=device,

@@ -99,13 +99,12 @@ class CompiledModel(torch.nn.Module):
         params = self.named_graph_params()
         for segment, exe in self.segments:
             g = segment.graph
-            names = tuple(v.name for v in g.inputs) + tuple(v.name for v in g.params)
-            tensors = [env[v.name] for v in g.inputs] + [params[v.name] for v in g.params]
+            ins = {v.name: env[v.name] for v in g.inputs}
+            ps = {v.name: params[v.name] for v in g.params}
             if exe.differentiable or not torch.is_grad_enabled():
-                outs = exe.run(dict(zip(names, tensors[:len(g.inputs)])), dict(zip(names[len(g.inputs):],
-                                                                                     tensors[len(g.inputs):])))
+                outs = exe.run(ins, ps)
             else:
-                outs = ReferenceGrad.apply(exe, names, len(g.inputs), *tensors)
+                outs = ReferenceGrad.apply(exe, (*ins, *ps), len(ins), *ins.values(), *ps.values())
             check_outputs(segment, outs)
             env.update(zip(g.outputs, outs))
         if self.validator is not None:

@@ -38,7 +38,7 @@ def assign(table: list[list[int]]) -> list[int]:
     def step_cost(options, b):
         return (int(0 in options and b != 0), b)
 
-    cost = [{b: (*step_cost(table[0], b)[:1], 0, b) for b in table[0]}] if table else []
+    cost = [{b: (step_cost(table[0], b)[0], 0, b) for b in table[0]}] if table else []
     back: list[dict[int, int]] = [{}]
     for options in table[1:]:
         prev, row, links = cost[-1], {}, {}

@@ -1,8 +1,8 @@
-"""Shared helpers: run a training job through torchrun on 127.0.0.1 with a hard timeout."""
+"""Shared helpers: run a training job through torchrun on 127.0.0.1 with a hard timeout (a module of its
+own, not conftest.py: every test folder has a conftest, and `from conftest import` picks whichever came first)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -43,8 +43,3 @@ def gathered_grads(dump_dir, world: int) -> dict[str, list[torch.Tensor]]:
         for name, g in load_file(str(dump_dir / f"shard-{r:05d}.safetensors")).items():
             out.setdefault(name, []).append(g)
     return out
-
-
-@pytest.fixture
-def work(tmp_path):
-    return tmp_path
