@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from portable_moe.ir.errors import PortableMoeError
+from ..ir.errors import PortableMoeError
 
 
 class BalanceError(PortableMoeError):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from portable_moe.balance import (
+from ..balance import (
     BalanceError,
     eplb_placement,
     even_placement,
