@@ -12,6 +12,7 @@ import torch
 from ..backends.base import BackendError, Executable
 from ..backends.reference import TORCH_DTYPES, run_graph
 from ..ir import Graph, IRError
+from . import torch_op
 from .partition import Segment
 from .select import Selection
 from .validate import Validator
@@ -68,6 +69,7 @@ class CompiledModel(torch.nn.Module):
         for name in self.param_names:
             t = params[name]
             self.register_parameter(safe_name(name), torch.nn.Parameter(t, requires_grad=t.is_floating_point()))
+        self.op_handle = torch_op.register(self)
 
     @property
     def device(self):
@@ -95,8 +97,21 @@ class CompiledModel(torch.nn.Module):
         return bound
 
     def forward(self, *args, **kwargs):
+        """Under torch.compile/export: one custom op, `torch.ops.portable_moe.run` (torch_op.py); in eager
+        mode the segments run directly, so training differentiates them without re-running the forward."""
         env = self.bind_inputs(args, kwargs)
-        params = self.named_graph_params()
+        inputs, params = [env[v.name] for v in self.graph.inputs], list(self.named_graph_params().values())
+        if torch.compiler.is_compiling():
+            results = torch.ops.portable_moe.run(self.op_handle, inputs, params)
+        else:
+            results = self.run_segments(inputs, params)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def run_segments(self, inputs: list[torch.Tensor], params: list[torch.Tensor],
+                     validate: bool = True) -> list[torch.Tensor]:
+        """Each segment on its backend; differentiable when grad is on (the op's backward uses that)."""
+        env = dict(zip((v.name for v in self.graph.inputs), inputs))
+        params = dict(zip(self.param_names, params))
         for segment, exe in self.segments:
             g = segment.graph
             ins = {v.name: env[v.name] for v in g.inputs}
@@ -107,10 +122,9 @@ class CompiledModel(torch.nn.Module):
                 outs = ReferenceGrad.apply(exe, (*ins, *ps), len(ins), *ins.values(), *ps.values())
             check_outputs(segment, outs)
             env.update(zip(g.outputs, outs))
-        if self.validator is not None:
+        if validate and self.validator is not None:
             self.validator.maybe_check(self, env, params)
-        results = [env[o] for o in self.graph.outputs]
-        return results[0] if len(results) == 1 else tuple(results)
+        return [env[o] for o in self.graph.outputs]
 
     def placement(self) -> dict[str, str]:
         """node name -> backend that runs it."""
