@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import torch
 
 from ...ir import ALL_OPS, COMPUTE_FLOATS, Graph
+from ...ir.meanings import OPS
 from ..base import Backend, BackendOptions, Executable, Support
 from ..devices import Device
-from .ops import OPS
 
 TORCH_DTYPES = {
     "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import portable_moe
-from portable_moe.backends.reference import ops as ref
 from portable_moe.backends.triton import autograd as fn
 from portable_moe.backends.triton import launch_bwd
 from portable_moe.backends.triton.tuning import CPU_CONFIG
+from portable_moe.ir import meanings as ref
 from portable_moe.models import build_moe_layer, init_params, preset
 from portable_moe.runtime import module as runtime_module
 

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...ir.errors import IRError
+from .errors import IRError
 
 
 def acc_dtype(t: torch.Tensor) -> torch.dtype:
