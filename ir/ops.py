@@ -1,8 +1,8 @@
 """The op set: one schema per op, giving its inputs, attributes, type rule and meaning.
 
 Shapes in the meanings: T tokens (any leading dims, flattened), H hidden, E experts, K top-k,
-R = T*K dispatched rows, F expert FFN width, V vocabulary. The reference backend is the
-executable form of these meanings; every other backend must agree with it.
+R = T*K dispatched rows, F expert FFN width, V vocabulary. meanings.py holds the
+executable form of these meanings (torch); every backend must agree with it.
 """
 
 from __future__ import annotations

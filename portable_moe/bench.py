@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from . import registry
 from .backends.base import Backend
 from .backends.devices import Device
-from .backends.reference import TORCH_DTYPES, ReferenceBackend
 from .ir import PortableMoeError
+from .ir.meanings import TORCH_DTYPES
 from .models import MoEConfig, build_moe_layer, init_params
 from .runtime.compile import options_for
 from .runtime.partition import partition
@@ -204,7 +204,7 @@ def backend_forward(backend: Backend, graph, params: dict, device: Device) -> tu
     """Compiles the layer on the backend (nodes it lacks on the reference) and returns x -> y."""
     ranked = [(backend.name, backend)]
     if backend.name != "reference":
-        ranked.append(("reference", ReferenceBackend()))
+        ranked.append(("reference", registry.get_backend("reference")))
     by_name = dict(ranked)
     segments = [(s, by_name[s.backend].compile(s.graph, device, options_for(by_name[s.backend], None)))
                 for s in partition(graph, device, ranked)]

@@ -10,8 +10,8 @@ import torch
 
 from .. import compile as compile_model
 from .. import registry
-from ..backends.reference import run_graph
 from ..ir import Graph, PortableMoeError, to_json
+from ..ir.meanings import run_graph
 from ..models import build_model, build_moe_layer, init_params, preset
 from ..runtime import all_devices, resolve_device
 from ..runtime.tolerance import global_error

@@ -12,7 +12,7 @@ import torch
 from .. import compile as compile_model
 from .. import registry
 from ..backends.base import BackendError
-from ..backends.reference import run_graph
+from ..ir.meanings import run_graph
 from ..runtime.tolerance import global_error
 
 

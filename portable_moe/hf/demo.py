@@ -43,7 +43,7 @@ def demo_summary(backend: str = "reference", family: str = "mixtral", device: st
 
 def same_experts(model, imp, ids) -> bool:
     """Compares each layer's router picks (as sets per token) between transformers and our reference router."""
-    from ..backends.reference import run_graph
+    from ..ir.meanings import run_graph
 
     picks: dict[int, torch.Tensor] = {}
     hooks = [layer.mlp.gate.register_forward_hook(lambda m, i, o, n=n: picks.__setitem__(n, o[2]))

@@ -9,7 +9,7 @@ import torch
 
 import portable_moe
 from portable_moe import registry
-from portable_moe.backends.reference import run_graph
+from portable_moe.ir.meanings import run_graph
 from portable_moe.models import build_model, init_params, preset
 
 PLUGIN = textwrap.dedent('''

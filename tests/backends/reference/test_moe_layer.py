@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from portable_moe.backends.reference import TORCH_DTYPES, run_graph
+from portable_moe.ir.meanings import TORCH_DTYPES, run_graph
 from portable_moe.models import build_moe_layer, init_params, preset
 from portable_moe.runtime.tolerance import global_error
 
