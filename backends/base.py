@@ -130,7 +130,7 @@ class Backend(ABC):
 
     def unsupported(self, graph: Graph, device: Device) -> list[tuple[Node, str]]:
         """The nodes of the graph this backend cannot run on the device, each with the reason."""
-        types = {k: v.type for k, v in graph.values().items()}
+        types = graph.types()
         support = self.support(device)
         out = []
         for node in graph.nodes:

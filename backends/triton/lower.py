@@ -17,6 +17,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ...ir import Graph
+from ...ir.rewrites import swiglu_epilogues
 from ..base import BackendError, write_manifest
 from . import kernels
 from .launch import SCORING, pow2
@@ -50,9 +51,7 @@ def instance(name: str, nodes: list[str], signature: dict, constexprs: dict, con
 
 def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int, backward: bool = False) -> list[dict]:
     """One kernel instance per (kernel, signature, constexprs, options); nodes sharing one are merged."""
-    from .executable import fusable_swiglu
-
-    values, fused = graph.values(), fusable_swiglu(graph)
+    values, fused = graph.values(), swiglu_epilogues(graph)
     fused_away = {n.name for n in fused.values()}
     arch = target.split(":")[1]
     found: dict[str, dict] = {}

@@ -19,7 +19,7 @@ class Segment:
 
 def capable(graph: Graph, device: Device, ranked: list[tuple[str, Backend]]) -> list[list[int]]:
     """For each node, the indices (into ranked) of the backends that support it."""
-    types = {k: v.type for k, v in graph.values().items()}
+    types = graph.types()
     supports = [b.support(device) for _, b in ranked]
     table = []
     for node in graph.nodes:
