@@ -22,6 +22,7 @@ from .backends.devices import Device
 from .ir import PortableMoeError
 from .ir.meanings import TORCH_DTYPES
 from .models import MoEConfig, build_moe_layer, init_params
+from .registry import BackendUnavailable
 from .runtime.compile import options_for
 from .runtime.partition import partition
 
@@ -204,7 +205,7 @@ def backend_forward(backend: Backend, graph, params: dict, device: Device) -> tu
     """Compiles the layer on the backend (nodes it lacks on the reference) and returns x -> y."""
     ranked = [(backend.name, backend)]
     if backend.name != "reference":
-        ranked.append(("reference", registry.get_backend("reference")))
+        ranked.append(("reference", registry.load("reference")))
     by_name = dict(ranked)
     segments = [(s, by_name[s.backend].compile(s.graph, device, options_for(by_name[s.backend], None)))
                 for s in partition(graph, device, ranked)]
@@ -231,7 +232,7 @@ def finish(row: Row, out: torch.Tensor | None, expected: torch.Tensor, flops: in
         row.gflops = flops / row.median_ms / 1e6
 
 
-def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | str]], repeat: int,
+def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | BackendUnavailable]], repeat: int,
                params: dict | None = None, progress=print) -> ShapeResult:
     graph = build_moe_layer(case.cfg)
     params = {k: v.to(device.torch_device) for k, v in (params or init_params(graph, seed=0)).items()}
@@ -265,8 +266,8 @@ def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | s
 
 def bench_backend(name, backend, case, graph, params, x_TH, expected, device, repeat, tol) -> Row:
     row = Row(name, "backend")
-    if isinstance(backend, str):
-        row.status = f"unavailable: {backend}"
+    if isinstance(backend, BackendUnavailable):
+        row.status = f"unavailable: {backend.reason}"
         return row
     reason = "compiles only, never executes" if not backend.executes else backend.availability(device)
     if reason:
@@ -285,7 +286,8 @@ def bench_backend(name, backend, case, graph, params, x_TH, expected, device, re
     return row
 
 
-def choose_backends(requested: list[str] | None, device: Device) -> tuple[list[tuple[str, Backend | str]], list[str]]:
+def choose_backends(requested: list[str] | None,
+                    device: Device) -> tuple[list[tuple[str, Backend | BackendUnavailable]], list[str]]:
     """The backends to time and the notes on the ones skipped as too slow for this device."""
     explicit = [b for b in (requested or ["all"]) if b != "all"]
     names = registry.backend_names() if not requested or "all" in requested else []
@@ -296,7 +298,7 @@ def choose_backends(requested: list[str] | None, device: Device) -> tuple[list[t
         if slow and n not in explicit:
             notes.append(f"{n} skipped on {device.id}: {slow}")
             continue
-        chosen.append((n, registry.load(n)))     # unknown names raise RegistryError listing the known ones
+        chosen.append((n, registry.load_for_listing(n)))     # unknown names raise RegistryError listing the known ones
     return chosen, notes
 
 

@@ -117,7 +117,7 @@ def test_lower_writes_a_checked_onnx_file_and_manifest(tmp_path):
 def test_registered_under_its_entry_point():
     from portable_moe import registry
 
-    assert isinstance(registry.get_backend("onnxruntime"), OnnxRuntimeBackend)
+    assert isinstance(registry.load("onnxruntime"), OnnxRuntimeBackend)
 
 
 def test_large_models_load_from_external_data(tmp_path, monkeypatch):
