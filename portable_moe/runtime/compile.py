@@ -50,9 +50,7 @@ def graph_dtype(graph: Graph) -> DType:
 
 
 def options_for(backend, options: Mapping | None) -> BackendOptions:
-    values = dict(options or {})
-    values.setdefault("cache_dir", str(knobs.cache_dir() / backend.name))
-    return backend.Options.from_dict(values)
+    return backend.Options.from_dict(dict(options or {}))
 
 
 def compile(graph: Graph, params: Mapping[str, torch.Tensor], device: str | Device | None = None,
