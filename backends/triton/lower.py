@@ -20,7 +20,8 @@ from ...ir import Graph
 from ...ir.rewrites import swiglu_epilogues
 from ..base import BackendError, write_manifest
 from . import kernels
-from .launch import SCORING, pow2
+from .kernels.router import scoring_code
+from .launch import pow2
 from .launch_bwd import dw_tiles, dx_tiles
 from .tuning import TuningCache
 
@@ -79,7 +80,7 @@ def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict
         E, H = values[node.inputs[1]].type.shape
         sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "score_bias_ptr": "*fp32",
                "weights_ptr": f"*{dt}", "idx_ptr": "*i64", "logits_ptr": "*fp32", "H": "i32", "scaling": "fp32"}
-        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": SCORING[a["scoring"]], "NUM_GROUPS": a["num_groups"],
+        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": scoring_code(a["scoring"]), "NUM_GROUPS": a["num_groups"],
               "TOP_GROUPS": a["top_groups"], "GROUP_TOP2": a["group_score"] == "top2_sum",
               "NORMALIZE": a["normalize"], "HAS_BIAS": node.inputs[2] is not None,
               "HAS_SCORE_BIAS": node.inputs[3] is not None, "BLOCK_E": pow2(E), "BLOCK_H": min(pow2(H), 128),
