@@ -86,7 +86,7 @@ def partition(graph: Graph, device: Device, ranked: list[tuple[str, Backend]]) -
         name, backend = ranked[b]
         reasons = {}
         if b != 0:
-            best_name, best = ranked[0]
+            best = ranked[0][1]
             for n in nodes:
                 why = best.unsupported(subgraph(graph, [n], "probe", {v.name for v in n.outputs}), device)
                 reasons[n.name] = why[0][1] if why else f"kept on {name} to avoid a boundary"
