@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import registry
-from .backends.base import Backend
-from .backends.devices import Device
-from .ir import PortableMoeError
-from .ir.meanings import TORCH_DTYPES
-from .models import MoEConfig, build_moe_layer, init_params
-from .registry import BackendUnavailable
-from .runtime.compile import options_for
-from .runtime.partition import partition
+from .. import registry
+from ..backends.base import Backend
+from ..backends.devices import Device
+from ..ir import PortableMoeError
+from ..ir.meanings import TORCH_DTYPES
+from ..models import MoEConfig, build_moe_layer, init_params
+from ..registry import BackendUnavailable
+from ..runtime.compile import options_for
+from ..runtime.partition import partition
 
 
 class BenchError(PortableMoeError):
