@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
+from .. import knobs
 from ..ir import DType, Graph, IRError, Node, PortableMoeError
 from .devices import Device
 
@@ -45,6 +46,10 @@ class BackendOptions:
         if unknown:
             raise BackendError(f"unknown option(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(known)}")
         return cls(**values)
+
+    def cache_root(self, backend: str) -> Path:
+        """cache_dir, else the backend's folder under the PORTABLE_MOE_CACHE_DIR knob."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else knobs.cache_dir() / backend
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -130,7 +135,7 @@ class Backend(ABC):
 
     def unsupported(self, graph: Graph, device: Device) -> list[tuple[Node, str]]:
         """The nodes of the graph this backend cannot run on the device, each with the reason."""
-        types = {k: v.type for k, v in graph.values().items()}
+        types = graph.types()
         support = self.support(device)
         out = []
         for node in graph.nodes:

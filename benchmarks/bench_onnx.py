@@ -1,8 +1,10 @@
 """ONNX Runtime vs torch eager on one MoE layer, side by side in one run (CPU, float32).
 
-Variants: torch eager (a Mixtral-style loop over experts), onnxruntime on that loop exported by
-torch.onnx.export(dynamo=True), and onnxruntime on our IR graph exported by portable_moe.ir.onnx.
-All three use the same weights; GFLOP/s counts only the expert GEMMs: 2*T*K*(H*2F + F*H).
+Variants: the torch eager baseline of portable_moe.bench (a Mixtral-style loop over experts),
+onnxruntime on a plain-torch MoE layer exported by torch.onnx.export(dynamo=True), and onnxruntime
+on our IR graph exported by portable_moe.ir.onnx; `portable-moe bench` cannot express the
+torch.onnx.export variant. All three use the same weights and run side by side (interleaved);
+GFLOP/s counts only the expert GEMMs: 2*T*K*(H*2F + F*H).
 
     python benchmarks/bench_onnx.py [--threads 2] [--repeat 5] [--markdown benchmarks/results/onnx.md]
 """
@@ -15,7 +17,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "onnx"))
 from torch_moe import TorchMoE, export_torch_moe  # noqa: E402
 
 from portable_moe.backends.devices import cpu_name  # noqa: E402
+from portable_moe.bench.eager import eager_loop  # noqa: E402
+from portable_moe.bench.timer import side_by_side_ms  # noqa: E402
 from portable_moe.ir.onnx import export  # noqa: E402
 from portable_moe.models import MoEConfig, build_moe_layer  # noqa: E402
 
@@ -44,16 +47,6 @@ def ir_params(m: TorchMoE) -> dict[str, np.ndarray]:
             "experts.down": down.detach().numpy()}
 
 
-def best_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def session(model_bytes: bytes, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -66,23 +59,27 @@ def bench_shape(hidden, ffn, experts, top_k, tokens, threads, repeat) -> list[di
     m = TorchMoE(hidden, ffn, experts, top_k).eval()
     x = torch.randn(tokens, hidden)
     flops = 2 * tokens * top_k * (hidden * 2 * ffn + ffn * hidden)
+    cfg = MoEConfig(name="bench", hidden=hidden, expert_ffn=ffn, experts=experts, top_k=top_k)
+    arrays = ir_params(m)
+    params = {k: torch.from_numpy(v) for k, v in arrays.items()}
     with torch.no_grad():
-        want = m(x).numpy()
-    graph = build_moe_layer(MoEConfig(name="bench", hidden=hidden, expert_ffn=ffn, experts=experts, top_k=top_k))
-    ours = session(export(graph, ir_params(m)).SerializeToString(), threads)
+        want = eager_loop(cfg, params, x).numpy()
+    ours = session(export(build_moe_layer(cfg), arrays).SerializeToString(), threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_torch_moe(m, Path(tmp) / "torch_moe.onnx")
         theirs = session(path.read_bytes(), threads)
     feed = x.numpy()
     variants = {
-        "torch eager (loop)": lambda: m(x),
+        "torch eager (loop)": lambda: eager_loop(cfg, params, x),
         "onnxruntime, torch.onnx.export(dynamo) loop": lambda: theirs.run(None, {theirs.get_inputs()[0].name: feed}),
         "onnxruntime, portable_moe export": lambda: ours.run(None, {"x": feed}),
     }
+    with torch.no_grad():
+        times = side_by_side_ms(variants, repeat)
     rows = []
     for name, fn in variants.items():
+        seconds = min(times[name]) / 1e3
         with torch.no_grad():
-            seconds = best_time(fn, repeat)
             out = fn()
         out = out.numpy() if isinstance(out, torch.Tensor) else out[0]
         rows.append({"shape": f"{hidden}->{ffn}, {experts} experts, top-{top_k}, {tokens} tokens",

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from portable_moe.backends.devices import cpu_device, cpu_name
-from portable_moe.backends.reference import ops as ref_ops
 from portable_moe.backends.tvm import TVMBackend
+from portable_moe.ir import meanings as ref_ops
 from portable_moe.models import build_moe_layer, init_params, preset
 
 SHAPES = [  # (H, F, E, K, T)

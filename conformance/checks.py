@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..backends.reference import TORCH_DTYPES, run_graph
+from ..ir.meanings import TORCH_DTYPES, run_graph
 from ..runtime.tolerance import TOLERANCES, Tolerance, excess, global_error
 from .sample import Sample
 

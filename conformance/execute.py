@@ -9,9 +9,9 @@ import traceback
 
 import torch
 
+from .. import registry
 from ..backends.base import Backend, BackendError
 from ..backends.devices import Device
-from ..backends.reference import ReferenceBackend
 from ..ir import IRError
 from ..runtime.compile import options_for
 from ..runtime.module import CompiledModel
@@ -47,7 +47,7 @@ def segments_for(backend: Backend, device: Device, sample: Sample) -> tuple[list
         exe = backend.compile(sample.graph, device, options_for(backend, None))
         return [(Segment(backend.name, sample.graph, {}), exe)], []
     ranked = [(backend.name, backend)]
-    ref = ReferenceBackend()
+    ref = registry.load("reference")
     if backend.name != "reference" and ref.availability(device) is None:
         ranked.append(("reference", ref))
     segs = partition(sample.graph, device, ranked)
@@ -80,7 +80,7 @@ def backward(model: CompiledModel, sample: Sample, inputs: dict, cots: list) -> 
 
 def reference_model(sample: Sample, device: Device, params: dict) -> CompiledModel:
     """The reference in the sample's dtype: how far correct code gets in that precision."""
-    ref = ReferenceBackend()
+    ref = registry.load("reference")
     exe = ref.compile(sample.graph, device, options_for(ref, None))
     selection = Selection(device, sample.dtype, "conformance", ["reference"])
     return CompiledModel(sample.graph, params, selection, [(Segment("reference", sample.graph, {}), exe)])

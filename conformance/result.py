@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-STATUSES = ("passed", "failed", "xfail", "declined")
-
 
 @dataclass
 class CaseResult:

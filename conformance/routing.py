@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.reference import TORCH_DTYPES
-from ..backends.reference.ops import group_mask
 from ..ir import DType, Graph, Node
+from ..ir.meanings import TORCH_DTYPES, group_mask
 from ..runtime.tolerance import TOLERANCES
 
 TINY = torch.finfo(torch.float32).tiny

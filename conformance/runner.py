@@ -54,7 +54,7 @@ def scale_name(backend: Backend, device: Device, tier: str) -> str:
     return tier
 
 
-def resolve(backends) -> list[tuple[str, Backend | str]]:
+def resolve(backends) -> list[tuple[str, Backend | registry.BackendUnavailable]]:
     """'all'/None -> every registered backend; names and Backend instances as given."""
     if backends is None or backends == "all":
         backends = registry.backend_names()
@@ -67,7 +67,7 @@ def resolve(backends) -> list[tuple[str, Backend | str]]:
         elif b == "all":
             out += resolve("all")
         else:
-            out.append((b, registry.load(b)))     # unknown names raise RegistryError listing the known ones
+            out.append((b, registry.load_for_listing(b)))     # unknown names raise RegistryError listing the known ones
     return out
 
 
@@ -102,8 +102,8 @@ class Runner:
         """Every backend x device, and the ones that execute here."""
         listed, runnable = [], []
         for name, backend in resolve(backends):
-            if isinstance(backend, str):
-                listed.append(Target(name, "-", {}, f"unavailable: {backend}"))
+            if isinstance(backend, registry.BackendUnavailable):
+                listed.append(Target(name, "-", {}, f"unavailable: {backend.reason}"))
                 continue
             if not backend.executes:
                 listed.append(Target(name, "-", {}, f"unavailable: {name} compiles only, never executes"))

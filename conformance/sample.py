@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..backends.reference import TORCH_DTYPES
 from ..ir import DType, Graph, GraphBuilder, TensorType, verify
+from ..ir.meanings import TORCH_DTYPES
 
 
 @dataclass(frozen=True)

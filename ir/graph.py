@@ -40,6 +40,9 @@ class Graph:
             table.update((v.name, v) for v in node.outputs)
         return table
 
+    def types(self) -> dict[str, TensorType]:
+        return {name: v.type for name, v in self.values().items()}
+
     def producers(self) -> dict[str, Node]:
         return {v.name: n for n in self.nodes for v in n.outputs}
 

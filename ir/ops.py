@@ -1,8 +1,8 @@
 """The op set: one schema per op, giving its inputs, attributes, type rule and meaning.
 
 Shapes in the meanings: T tokens (any leading dims, flattened), H hidden, E experts, K top-k,
-R = T*K dispatched rows, F expert FFN width, V vocabulary. The reference backend is the
-executable form of these meanings; every other backend must agree with it.
+R = T*K dispatched rows, F expert FFN width, V vocabulary. meanings.py holds the
+executable form of these meanings (torch); every backend must agree with it.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def want_same_dtype(a: TensorType, b: TensorType, what: str):
         fail(f"{what}: dtype {a.dtype.value} != {b.dtype.value}")
 
 
-def at_least_2d(t: TensorType, what: str):
+def want_feature_dim(t: TensorType, what: str):
     if t.rank < 1:
         fail(f"{what} must have a feature dim, got {t}")
 
@@ -88,7 +88,7 @@ def infer_embedding(ids, weight, **_):
 
 def infer_rms_norm(x, weight, **_):
     want_float(x, "x")
-    at_least_2d(x, "x")
+    want_feature_dim(x, "x")
     want_rank(weight, 1, "weight")
     want_dim(x.shape[-1], weight.shape[0], "x feature dim vs weight")
     return [x]
@@ -96,7 +96,7 @@ def infer_rms_norm(x, weight, **_):
 
 def infer_linear(x, weight, bias=None, **_):
     want_float(x, "x")
-    at_least_2d(x, "x")
+    want_feature_dim(x, "x")
     want_rank(weight, 2, "weight")
     want_same_dtype(x, weight, "x vs weight")
     want_dim(x.shape[-1], weight.shape[1], "x feature dim vs weight in-features")
@@ -162,7 +162,7 @@ def infer_cross_entropy(logits, targets, **_):
 
 def infer_router(x, weight, bias=None, score_bias=None, *, top_k, num_groups, top_groups, **_):
     want_float(x, "x")
-    at_least_2d(x, "x")
+    want_feature_dim(x, "x")
     want_rank(weight, 2, "weight")
     want_dim(x.shape[-1], weight.shape[1], "x feature dim vs router weight")
     experts = weight.shape[0]
@@ -187,7 +187,7 @@ def infer_router(x, weight, bias=None, score_bias=None, *, top_k, num_groups, to
 
 def infer_dispatch(x, indices, *, num_experts, **_):
     want_float(x, "x")
-    at_least_2d(x, "x")
+    want_feature_dim(x, "x")
     want_int(indices, "indices")
     want_dim(x.shape[:-1], indices.shape[:-1], "x vs indices token dims")
     rows = dim_product(*indices.shape)
@@ -210,7 +210,7 @@ def infer_grouped_matmul(x, weight, offsets, **_):
 
 def infer_swiglu(x, **_):
     want_float(x, "x")
-    at_least_2d(x, "x")
+    want_feature_dim(x, "x")
     width = x.shape[-1]
     if not isinstance(width, int) or width % 2:
         fail(f"last dim must be an even size (gate then up), got {x}")

@@ -1,4 +1,5 @@
-"""Every PORTABLE_MOE_* environment variable, read here and nowhere else, typed and documented."""
+"""Every environment variable the package reads or sets, here and nowhere else: our PORTABLE_MOE_*
+knobs (typed, documented in KNOBS), and the few variables of other tools (torchrun, Hugging Face)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,26 @@ def validate_fraction() -> float:
 
 def validate_raise() -> bool:
     return raw("PORTABLE_MOE_VALIDATE_RAISE") not in ("", "0", "false", "no")
+
+
+def torchrun_rank() -> int:
+    """This process's rank, as torchrun sets it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def torchrun_restarts() -> int:
+    """How many times torchrun restarted this worker group (0 on the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment with `extra` on top, for a child process."""
+    return os.environ | extra
+
+
+def prefer_offline_hub():
+    """Hugging Face stays offline unless the user said otherwise (the demo builds its models locally)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def help_text() -> str:

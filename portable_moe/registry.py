@@ -1,5 +1,5 @@
 """Backend discovery through the entry-point group `portable_moe.backends`. Nothing is imported
-until a backend is asked for; one that fails to import is listed as unavailable with the reason."""
+until a backend is asked for; one that fails to import raises BackendUnavailable with the reason."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ class RegistryError(PortableMoeError):
     """An unknown backend name, or a backend that cannot be loaded."""
 
 
+class BackendUnavailable(RegistryError):
+    """A registered backend that cannot be loaded here; `reason` says why in one line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @cache
 def entry_point_map() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
@@ -24,7 +32,7 @@ def entry_point_map() -> dict[str, EntryPoint]:
 def refresh():
     """Forget what was discovered (after installing a plug-in at run time)."""
     entry_point_map.cache_clear()
-    load.cache_clear()
+    instance_or_reason.cache_clear()
 
 
 def backend_names() -> list[str]:
@@ -32,8 +40,7 @@ def backend_names() -> list[str]:
 
 
 @cache
-def load(name: str) -> Backend | str:
-    """The backend instance, or a one-line reason why it cannot be loaded here."""
+def instance_or_reason(name: str) -> Backend | str:
     eps = entry_point_map()
     if name not in eps:
         raise RegistryError(f"unknown backend '{name}'; known backends: {', '.join(sorted(eps))}")
@@ -46,8 +53,18 @@ def load(name: str) -> Backend | str:
     return cls()
 
 
-def get_backend(name: str) -> Backend:
-    backend = load(name)
+def load(name: str) -> Backend:
+    """The backend instance. Raises RegistryError for an unknown name, BackendUnavailable (with the
+    reason) for a registered one that cannot be loaded here."""
+    backend = instance_or_reason(name)
     if isinstance(backend, str):
-        raise RegistryError(backend)
+        raise BackendUnavailable(backend)
     return backend
+
+
+def load_for_listing(name: str) -> Backend | BackendUnavailable:
+    """The backend, or the error that says why not: for listings that show the unavailable ones too."""
+    try:
+        return load(name)
+    except BackendUnavailable as e:
+        return e

@@ -60,7 +60,7 @@ class OrtExecutable(Executable):
         weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
         if weight_bytes < LARGE_MODEL_BYTES:
             return model.SerializeToString()
-        cache = Path(self.options.cache_dir or Path.home() / ".cache" / "portable_moe" / "onnxruntime")
+        cache = self.options.cache_root("onnxruntime")
         path = cache / f"{self.graph.name}-{id(self)}" / "model.onnx"
         return str(save(model, path, external_data=True))
 

@@ -1,35 +1,17 @@
-"""The reference backend: torch eager, any torch device, any dtype, with autograd. It is the
-executable specification of the IR and the numerical oracle (run it in float64)."""
+"""The reference backend: torch eager, any torch device, any dtype, with autograd. It runs the op
+meanings of the IR (ir/meanings.py), so it is the executable specification and the numerical oracle
+(run it in float64)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 from ...ir import ALL_OPS, COMPUTE_FLOATS, Graph
+from ...ir.meanings import run_graph
 from ..base import Backend, BackendOptions, Executable, Support
 from ..devices import Device
-from .ops import OPS
 
-TORCH_DTYPES = {
-    "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e4m3fnuz": torch.float8_e4m3fnuz,
-    "int64": torch.int64, "int32": torch.int32,
-}
-
-
-def run_graph(graph: Graph, inputs: Mapping, params: Mapping, env: dict | None = None) -> list:
-    """Interprets the graph node by node; `env` (if given) receives every intermediate value."""
-    env = {} if env is None else env
-    env.update(inputs)
-    env.update(params)
-    for node in graph.nodes:
-        args = [None if i is None else env[i] for i in node.inputs]
-        result = OPS[node.op](*args, **node.attrs)
-        results = result if isinstance(result, tuple) else (result,)
-        env.update((v.name, r) for v, r in zip(node.outputs, results))
-    return [env[o] for o in graph.outputs]
+FP8_DECLINED = "fp8 compute is not defined yet; cast to bfloat16"
 
 
 class ReferenceExecutable(Executable):
@@ -49,8 +31,7 @@ class ReferenceBackend(Backend):
 
     def support(self, device: Device) -> Support:
         return Support({op: frozenset(COMPUTE_FLOATS) for op in ALL_OPS},
-                       {"float8_e4m3fn": "fp8 compute is not defined yet; cast to bfloat16",
-                        "float8_e4m3fnuz": "fp8 compute is not defined yet; cast to bfloat16"})
+                       {"float8_e4m3fn": FP8_DECLINED, "float8_e4m3fnuz": FP8_DECLINED})
 
     def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
         self.require_supported(graph, device)

@@ -48,7 +48,7 @@ class TritonOptions(BackendOptions):
         object.__setattr__(self, "stages", tuple(self.stages))
 
     def cache_path(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else Path.home() / ".cache/portable_moe/triton"
+        return self.cache_root("triton")
 
 
 class TritonBackend(Backend):

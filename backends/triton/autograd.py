@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.ops import router_scores, routing_weights
+from ...ir.meanings import router_scores, routing_weights
 from . import launch, launch_bwd
 from .tuning import GemmConfig
 

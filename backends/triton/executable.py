@@ -12,26 +12,11 @@ from collections.abc import Mapping
 import torch
 
 from ...ir import Graph, IRError, Node
+from ...ir.rewrites import swiglu_epilogues
 from ..base import Executable
 from ..devices import Device
 from . import autograd as fn
 from .tuning import TuningCache
-
-
-def fusable_swiglu(graph: Graph) -> dict[str, Node]:
-    """grouped_matmul node name -> the swiglu that is the only consumer of its output."""
-    users: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        for i in node.inputs:
-            if i is not None:
-                users.setdefault(i, []).append(node)
-    out = {}
-    for node in graph.nodes:
-        if node.op == "grouped_matmul":
-            consumers = users.get(node.outputs[0].name, [])
-            if len(consumers) == 1 and consumers[0].op == "swiglu" and node.outputs[0].name not in graph.outputs:
-                out[node.name] = consumers[0]
-    return out
 
 
 def check_offsets(offsets: torch.Tensor, rows: int, experts: int, node: Node):
@@ -55,7 +40,7 @@ class TritonExecutable(Executable):
         super().__init__(graph, device)
         self.differentiable = all(node.op in BACKWARD_OPS for node in graph.nodes)
         self.cache = cache
-        self.fused = fusable_swiglu(graph)
+        self.fused = swiglu_epilogues(graph)
         self.notes: list[str] = []
 
     def gemm_config(self, x: torch.Tensor, w: torch.Tensor):

@@ -17,10 +17,8 @@ from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
 from . import kernels
+from .kernels.router import scoring_code
 from .tuning import GemmConfig
-
-SCORING = {"softmax": 0, "sigmoid": 1, "softmax_topk": 2}
-
 
 _INTERPRETER_LOCK = threading.RLock()
 
@@ -94,7 +92,7 @@ def router(x, weight, bias, score_bias, *, top_k, scoring, num_groups, top_group
             x_TH, weight.contiguous(), bias.contiguous() if bias is not None else logits_TE,
             score_bias.contiguous() if score_bias is not None else logits_TE, weights_TK, idx_TK, logits_TE, H,
             float(scaling),
-            E=E, TOP_K=top_k, SCORING=SCORING[scoring], NUM_GROUPS=num_groups, TOP_GROUPS=top_groups,
+            E=E, TOP_K=top_k, SCORING=scoring_code(scoring), NUM_GROUPS=num_groups, TOP_GROUPS=top_groups,
             GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize, HAS_BIAS=bias is not None,
             HAS_SCORE_BIAS=score_bias is not None, BLOCK_E=pow2(E), BLOCK_H=min(pow2(H), 128),
             BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))

@@ -17,9 +17,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ...ir import Graph
+from ...ir.rewrites import swiglu_epilogues
 from ..base import BackendError, write_manifest
 from . import kernels
-from .launch import SCORING, pow2
+from .kernels.router import scoring_code
+from .launch import pow2
 from .launch_bwd import dw_tiles, dx_tiles
 from .tuning import TuningCache
 
@@ -50,9 +52,7 @@ def instance(name: str, nodes: list[str], signature: dict, constexprs: dict, con
 
 def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int, backward: bool = False) -> list[dict]:
     """One kernel instance per (kernel, signature, constexprs, options); nodes sharing one are merged."""
-    from .executable import fusable_swiglu
-
-    values, fused = graph.values(), fusable_swiglu(graph)
+    values, fused = graph.values(), swiglu_epilogues(graph)
     fused_away = {n.name for n in fused.values()}
     arch = target.split(":")[1]
     found: dict[str, dict] = {}
@@ -80,7 +80,7 @@ def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict
         E, H = values[node.inputs[1]].type.shape
         sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "score_bias_ptr": "*fp32",
                "weights_ptr": f"*{dt}", "idx_ptr": "*i64", "logits_ptr": "*fp32", "H": "i32", "scaling": "fp32"}
-        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": SCORING[a["scoring"]], "NUM_GROUPS": a["num_groups"],
+        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": scoring_code(a["scoring"]), "NUM_GROUPS": a["num_groups"],
               "TOP_GROUPS": a["top_groups"], "GROUP_TOP2": a["group_score"] == "top2_sum",
               "NORMALIZE": a["normalize"], "HAS_BIAS": node.inputs[2] is not None,
               "HAS_SCORE_BIAS": node.inputs[3] is not None, "BLOCK_E": pow2(E), "BLOCK_H": min(pow2(H), 128),

@@ -98,6 +98,4 @@ def demo_line(graph: Graph, out_dir: Path, target: str = "cpu") -> str:
 
 
 def cache_dir(options: BackendOptions) -> Path:
-    from .cache import default_dir
-
-    return Path(options.cache_dir) if options.cache_dir else default_dir()
+    return options.cache_root("tvm")

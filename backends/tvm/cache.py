@@ -23,10 +23,6 @@ def code_hash() -> str:
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in CODE_FILES)).hexdigest()[:16]
 
 
-def default_dir() -> Path:
-    return Path.home() / ".cache" / "portable_moe" / "tvm"
-
-
 def entry_key(spec: dict, target: str) -> str:
     blob = json.dumps({"spec": spec, "target": target, "tvm": TVM_VERSION, "code": code_hash()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

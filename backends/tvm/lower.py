@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...ir import IRError, Node
+from ...ir.rewrites import swiglu_epilogues
 from . import dense, gemm_kernels, moe_kernels
 from .attention import attention_step
 from .gemm_kernels import BM, BN, CpuTile
@@ -183,21 +184,12 @@ def dense_step(node: Node, types: dict) -> Step:
     return Step(node.op, [node], spec, kernels, run)
 
 
-def consumers(nodes: list[Node]) -> dict[str, list[Node]]:
-    out: dict[str, list[Node]] = {}
-    for n in nodes:
-        for i in n.inputs:
-            if i is not None:
-                out.setdefault(i, []).append(n)
-    return out
-
-
 def plan(graph, tile_for: Callable[[str, int, int, int], tuple[CpuTile, str]], skip=frozenset()) -> list[Step]:
     """One step per node (except those named in skip); grouped_matmul feeding only a swiglu runs as one
     kernel with the SwiGLU epilogue. tile_for(op, E, N, K) gives the CPU tile and where it came from
     ('tuned' or 'default')."""
-    types = {k: v.type for k, v in graph.values().items()}
-    users = consumers(graph.nodes)
+    types = graph.types()
+    epilogues = swiglu_epilogues(graph)
     fused: set[str] = set(skip)
     steps = []
     for node in graph.nodes:
@@ -206,9 +198,8 @@ def plan(graph, tile_for: Callable[[str, int, int, int], tuple[CpuTile, str]], s
         out = node.outputs[0].name
         if node.op == "grouped_matmul":
             E, N, K = types[node.inputs[1]].shape
-            nxt = users.get(out, [])
-            swi = len(nxt) == 1 and nxt[0].op == "swiglu" and out not in graph.outputs
-            nodes = [node, nxt[0]] if swi else [node]
+            swi = node.name in epilogues
+            nodes = [node, epilogues[node.name]] if swi else [node]
             fused.update(n.name for n in nodes[1:])
             tile, how = tile_for("grouped_matmul", E, N, K)
             steps.append(gmm_step("grouped_matmul", nodes, E, N, K, tile, how, swi, False))

@@ -69,8 +69,8 @@ def calibrate_backend(device: str = "cpu", backend: str | None = None, dtype: st
     backend selected for it (or `backend`): the throughput the balancer should plan with."""
     import torch
 
-    from ..backends.reference import TORCH_DTYPES
     from ..ir import DType
+    from ..ir.meanings import TORCH_DTYPES
     from ..models import expert_ffn_graph
     from ..runtime import compile
 

@@ -70,9 +70,3 @@ class LoadStats:
             return self._ema.copy()
         n = np.clip(self._seen, 1, self.window)[:, None]
         return self._buf.sum(0) / n
-
-    def reset(self) -> None:
-        self._buf[:] = 0
-        self._ema[:] = 0
-        self._pos[:] = 0
-        self._seen[:] = 0

@@ -51,7 +51,7 @@ def run(args) -> int:
         if name is None:
             raise BackendError(f"no default backend for target '{target}'; pass --backend "
                                f"(known: {', '.join(registry.backend_names())})")
-        backend = registry.get_backend(name)
+        backend = registry.load(name)
         out_dir = Path(args.out) / target.replace(":", "_")
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

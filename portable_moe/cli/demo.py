@@ -10,8 +10,8 @@ import torch
 
 from .. import compile as compile_model
 from .. import registry
-from ..backends.reference import run_graph
 from ..ir import Graph, PortableMoeError, to_json
+from ..ir.meanings import run_graph
 from ..models import build_model, build_moe_layer, init_params, preset
 from ..runtime import all_devices, resolve_device
 from ..runtime.tolerance import global_error
@@ -46,9 +46,11 @@ def show_devices(device):
     devices = all_devices()
     print("devices: " + "; ".join(f"{d.id} {d.name} ({d.arch})" for d in devices))
     for name in registry.backend_names():
-        b = registry.load(name)
-        state = b if isinstance(b, str) else (b.availability(device) or
-                                              ("usable" if b.executes else "compiles only"))
+        try:
+            b = registry.load(name)
+            state = b.availability(device) or ("usable" if b.executes else "compiles only")
+        except registry.BackendUnavailable as e:
+            state = e.reason
         print(f"  {name:12} on {device.id}: {state}")
 
 

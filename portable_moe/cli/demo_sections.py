@@ -12,7 +12,7 @@ import torch
 from .. import compile as compile_model
 from .. import registry
 from ..backends.base import BackendError
-from ..backends.reference import run_graph
+from ..ir.meanings import run_graph
 from ..runtime.tolerance import global_error
 
 
@@ -25,8 +25,11 @@ class Section:
 def executing_backends(device) -> list[str]:
     names = []
     for name in registry.backend_names():
-        b = registry.load(name)
-        if not isinstance(b, str) and b.executes and b.availability(device) is None:
+        try:
+            b = registry.load(name)
+        except registry.BackendUnavailable:
+            continue
+        if b.executes and b.availability(device) is None:
             names.append(name)
     return names
 
@@ -118,9 +121,10 @@ def ahead_of_time(graph, params, device, out):
     from ..runtime.compile import options_for
 
     for name, target in AOT_TARGETS:
-        backend = registry.load(name)
-        if isinstance(backend, str):
-            print(f"{name:7} {target:12} unavailable: {backend}")
+        try:
+            backend = registry.load(name)
+        except registry.BackendUnavailable as e:
+            print(f"{name:7} {target:12} unavailable: {e.reason}")
             continue
         t0 = time.perf_counter()
         try:

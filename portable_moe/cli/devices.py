@@ -12,9 +12,10 @@ from ..runtime import all_devices, select
 
 
 def backend_row(name: str, devices) -> dict:
-    backend = registry.load(name)
-    if isinstance(backend, str):
-        return {"name": name, "loaded": False, "reason": backend, "devices": {}}
+    try:
+        backend = registry.load(name)
+    except registry.BackendUnavailable as e:
+        return {"name": name, "loaded": False, "reason": e.reason, "devices": {}}
     per_device = {}
     for d in devices:
         reason = backend.availability(d)

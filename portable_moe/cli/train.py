@@ -75,7 +75,7 @@ def check_names(cfg: TrainConfig, local: bool):
             preset(cfg.model)             # raises, listing the presets
         load_config(cfg.model)
     for name in set(cfg.backends):
-        registry.get_backend(name)
+        registry.load(name)
     if local:
         for device in set(cfg.devices):
             resolve_device(device)

@@ -3,15 +3,15 @@ against transformers' own forward."""
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .. import knobs
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
 
 
 def tiny_model(family: str = "mixtral", seed: int = 0):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    knobs.prefer_offline_hub()
     import transformers as tf
 
     torch.manual_seed(seed)
@@ -43,7 +43,7 @@ def demo_summary(backend: str = "reference", family: str = "mixtral", device: st
 
 def same_experts(model, imp, ids) -> bool:
     """Compares each layer's router picks (as sets per token) between transformers and our reference router."""
-    from ..backends.reference import run_graph
+    from ..ir.meanings import run_graph
 
     picks: dict[int, torch.Tensor] = {}
     hooks = [layer.mlp.gate.register_forward_hook(lambda m, i, o, n=n: picks.__setitem__(n, o[2]))

@@ -8,8 +8,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..backends.reference import TORCH_DTYPES
 from ..ir import Graph, PortableMoeError
+from ..ir.meanings import TORCH_DTYPES
 
 
 class ParamsError(PortableMoeError):

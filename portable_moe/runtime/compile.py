@@ -23,9 +23,11 @@ def all_devices() -> list[Device]:
     """torch's devices, then the devices only some backend can reach (OpenCL platforms)."""
     found = devs.discover()
     for name in registry.backend_names():
-        backend = registry.load(name)
-        if not isinstance(backend, str):
-            found += [d for d in backend.devices() if d.id not in {x.id for x in found}]
+        try:
+            backend = registry.load(name)
+        except registry.BackendUnavailable:
+            continue
+        found += [d for d in backend.devices() if d.id not in {x.id for x in found}]
     return found
 
 
@@ -43,14 +45,12 @@ def resolve_device(device: str | Device | None) -> Device:
 
 
 def graph_dtype(graph: Graph) -> DType:
-    types = {k: v.type for k, v in graph.values().items()}
+    types = graph.types()
     return Counter(node_dtype(n, types) for n in graph.nodes).most_common(1)[0][0]
 
 
 def options_for(backend, options: Mapping | None) -> BackendOptions:
-    values = dict(options or {})
-    values.setdefault("cache_dir", str(knobs.cache_dir() / backend.name))
-    return backend.Options.from_dict(values)
+    return backend.Options.from_dict(dict(options or {}))
 
 
 def compile(graph: Graph, params: Mapping[str, torch.Tensor], device: str | Device | None = None,
@@ -62,10 +62,10 @@ def compile(graph: Graph, params: Mapping[str, torch.Tensor], device: str | Devi
     check_params(graph, params)
     dev = resolve_device(device)
     selection = select(dev, graph_dtype(graph), backend)
-    ranked = [(n, registry.get_backend(n)) for n in selection.ranked]
+    ranked = [(n, registry.load(n)) for n in selection.ranked]
     segments = []
     for segment in partition(graph, dev, ranked):
-        b = registry.get_backend(segment.backend)
+        b = registry.load(segment.backend)
         opts = options_for(b, options if segment.backend == selection.winner else None)
         segments.append((segment, b.compile(segment.graph, dev, opts)))
     fraction = knobs.validate_fraction() if validate is None else validate

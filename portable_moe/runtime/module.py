@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import torch
 
 from ..backends.base import BackendError, Executable
-from ..backends.reference import TORCH_DTYPES, run_graph
 from ..ir import Graph, IRError
+from ..ir.meanings import TORCH_DTYPES, run_graph
 from . import torch_op
 from .partition import Segment
 from .select import Selection

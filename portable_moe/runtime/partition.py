@@ -19,7 +19,7 @@ class Segment:
 
 def capable(graph: Graph, device: Device, ranked: list[tuple[str, Backend]]) -> list[list[int]]:
     """For each node, the indices (into ranked) of the backends that support it."""
-    types = {k: v.type for k, v in graph.values().items()}
+    types = graph.types()
     supports = [b.support(device) for _, b in ranked]
     table = []
     for node in graph.nodes:
@@ -86,7 +86,7 @@ def partition(graph: Graph, device: Device, ranked: list[tuple[str, Backend]]) -
         name, backend = ranked[b]
         reasons = {}
         if b != 0:
-            best_name, best = ranked[0]
+            best = ranked[0][1]
             for n in nodes:
                 why = best.unsupported(subgraph(graph, [n], "probe", {v.name for v in n.outputs}), device)
                 reasons[n.name] = why[0][1] if why else f"kept on {name} to avoid a boundary"

@@ -56,9 +56,10 @@ def preference(device: Device) -> tuple[str, ...]:
 
 
 def candidate(name: str, device: Device, dtype: DType) -> Candidate:
-    backend = registry.load(name)
-    if isinstance(backend, str):
-        return Candidate(name, False, backend)
+    try:
+        backend = registry.load(name)
+    except registry.BackendUnavailable as e:
+        return Candidate(name, False, e.reason)
     if not backend.executes:
         return Candidate(name, False, f"{name}: compiles only, never executes")
     reason = backend.availability(device)
@@ -85,7 +86,7 @@ def select(device: Device, dtype: DType, explicit: str | None = None) -> Selecti
     ranked = [c.name for c in cands if c.usable]
     choice, source = (explicit, "explicit") if explicit else (knobs.backend(), "env")
     if choice:
-        registry.get_backend(choice)          # unknown names fail here, listing the known ones
+        registry.load(choice)          # unknown names fail here, listing the known ones
         chosen = next(c for c in cands if c.name == choice) if choice in [c.name for c in cands] else None
         if chosen is not None and not chosen.usable:
             raise registry.RegistryError(f"backend '{choice}' cannot run on {device.id}: {chosen.reason}")

@@ -15,6 +15,7 @@ import weakref
 import torch
 
 from ..ir import Graph, IRError
+from ..ir.meanings import TORCH_DTYPES
 
 _MODELS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
@@ -59,8 +60,6 @@ def evaluate(dim, sizes: dict, graph: Graph):
 
 def output_like(graph: Graph, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Empty tensors of the graph's output types, sized from the inputs (the op's fake implementation)."""
-    from ..backends.reference import TORCH_DTYPES
-
     sizes, values = bind_sizes(graph, inputs), graph.values()
     outs = []
     for name in graph.outputs:

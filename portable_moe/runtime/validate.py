@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..backends.reference import run_graph
 from ..ir import PortableMoeError, to_json
+from ..ir.meanings import run_graph
 from .tolerance import TOLERANCES, excess
 
 

@@ -5,7 +5,6 @@ a multi-node launch."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import socket
 import subprocess
@@ -14,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import knobs
 from .config import TrainConfig
 from .worker import DONE_PREFIX, STEP_PREFIX
 
@@ -36,8 +36,8 @@ def environment() -> dict[str, str]:
     """Restarted gloo workers reconnect only with the rendezvous store not shared (FIELD-NOTES).
     PYTHONSAFEPATH: `python -m` must not put the working directory first on sys.path, or a source
     checkout there would shadow the installed package."""
-    return os.environ | {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
-                         "MASTER_ADDR": "127.0.0.1", "TRITON_INTERPRET": "1", "PYTHONSAFEPATH": "1"}
+    return knobs.child_environment({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
+                                    "MASTER_ADDR": "127.0.0.1", "TRITON_INTERPRET": "1", "PYTHONSAFEPATH": "1"})
 
 
 def write_config(cfg: TrainConfig, where: Path) -> Path:

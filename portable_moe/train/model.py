@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import compile as pm_compile
-from ..backends.reference import ops
+from ..ir import meanings as ops
 from ..models import MoEConfig, build_model, expert_ffn_graph, init_params
 from .expert_parallel import ExpertParallel
 

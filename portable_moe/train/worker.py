@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import knobs
 from .comm import Comm, init_world
 from .config import TrainConfig, TrainError, config_from_json
 from .trainer import Trainer
@@ -25,7 +26,7 @@ DONE_PREFIX = "@done "
 
 def maybe_fail(cfg: TrainConfig, rank: int, step: int):
     """Fault injection for tests ('RANK:STEP' exits, 'RANK:STEP:hang' hangs), on the first attempt only."""
-    if not cfg.fail_at or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    if not cfg.fail_at or knobs.torchrun_restarts():
         return
     parts = cfg.fail_at.split(":")
     if int(parts[0]) == rank and int(parts[1]) == step:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="portable_moe.train.worker")
     p.add_argument("--config", required=True, help="TrainConfig JSON file")
     args = p.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = knobs.torchrun_rank()
     step = "setup"
     try:
         cfg = config_from_json(Path(args.config).read_text())

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from portable_moe.backends.base import BackendError, Executable, Support
 from portable_moe.backends.reference import ReferenceBackend
-from portable_moe.backends.reference import ops as ref
+from portable_moe.ir import meanings as ref
 
 
 class FaultyExecutable(Executable):

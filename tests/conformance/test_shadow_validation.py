@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import portable_moe
 from portable_moe import registry
-from portable_moe.backends.reference import run_graph
 from portable_moe.ir import from_json
+from portable_moe.ir.meanings import run_graph
 from portable_moe.models import build_moe_layer, init_params, preset
 
 

@@ -14,9 +14,10 @@ from portable_moe.runtime.tolerance import TOLERANCES, excess
 
 
 def cpu_backend_or_reason(name: str):
-    backend = registry.load(name)
-    if isinstance(backend, str):
-        return backend
+    try:
+        backend = registry.load(name)
+    except registry.BackendUnavailable as e:
+        return e.reason
     if not backend.executes:
         return f"{name}: compiles only, never executes"
     return backend.availability(discover()[0])

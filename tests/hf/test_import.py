@@ -9,8 +9,8 @@ import torch
 from hf_tiny import FAMILIES, make_model
 
 import portable_moe
-from portable_moe.backends.reference import run_graph
 from portable_moe.hf import HFImportError, from_hf
+from portable_moe.ir.meanings import run_graph
 from portable_moe.runtime.tolerance import TOLERANCES, excess
 
 

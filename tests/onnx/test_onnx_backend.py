@@ -15,8 +15,8 @@ from portable_moe.backends.base import BackendError
 from portable_moe.backends.devices import Device, cpu_device
 from portable_moe.backends.onnxruntime import OnnxRuntimeBackend
 from portable_moe.backends.onnxruntime.providers import choose
-from portable_moe.backends.reference import run_graph
 from portable_moe.ir import DType
+from portable_moe.ir.meanings import run_graph
 from portable_moe.ir.onnx import check
 
 CUDA = Device("cuda", 0, "nvidia", "H100", "sm_90", 80 << 30, "cuda 12.8")
@@ -117,7 +117,7 @@ def test_lower_writes_a_checked_onnx_file_and_manifest(tmp_path):
 def test_registered_under_its_entry_point():
     from portable_moe import registry
 
-    assert isinstance(registry.get_backend("onnxruntime"), OnnxRuntimeBackend)
+    assert isinstance(registry.load("onnxruntime"), OnnxRuntimeBackend)
 
 
 def test_large_models_load_from_external_data(tmp_path, monkeypatch):

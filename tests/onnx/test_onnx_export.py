@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx_helpers import PRESETS_HERE, arrays, graph_and_params
 
-from portable_moe.backends.reference import run_graph
 from portable_moe.ir import DType, GraphBuilder, IRError, TensorType
+from portable_moe.ir.meanings import run_graph
 from portable_moe.ir.onnx import OPSET, check, export, save
 
 

@@ -13,8 +13,8 @@ from onnx_helpers import arrays, graph_and_params
 
 from portable_moe.backends.devices import cpu_device
 from portable_moe.backends.onnxruntime import OnnxRuntimeBackend
-from portable_moe.backends.reference import run_graph
 from portable_moe.ir import MOE_OPS, IRError, to_json
+from portable_moe.ir.meanings import run_graph
 from portable_moe.ir.onnx import export, import_model
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from portable_moe.backends.reference import run_graph
+from portable_moe.ir.meanings import run_graph
 from portable_moe.models import build_model, init_params, preset
 from portable_moe.train import TrainConfig, launch
 from portable_moe.train.data import global_batch

@@ -3,10 +3,25 @@ bias, group-limited masking, top-k with ties to the lower index, renormalisation
 
 Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
 
+import enum
+
 import triton
 import triton.language as tl
 
-SOFTMAX, SIGMOID, SOFTMAX_TOPK = 0, 1, 2
+
+class Scoring(enum.IntEnum):
+    """The router's scoring modes (the IR's attribute names them) as the kernel's SCORING constexpr."""
+    SOFTMAX = 0
+    SIGMOID = 1
+    SOFTMAX_TOPK = 2
+
+
+def scoring_code(name: str) -> int:
+    return int(Scoring[name.upper()])
+
+
+# what the kernel compares SCORING with: a @triton.jit body reads only constexpr globals
+SOFTMAX, SIGMOID, SOFTMAX_TOPK = (tl.constexpr(int(s)) for s in Scoring)
 
 
 @triton.jit
@@ -30,11 +45,11 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
     tl.store(logits_ptr + t * E + e, logits_E, mask=e_ok)
 
     neg_inf = float("-inf")
-    if SCORING == 0:
+    if SCORING == SOFTMAX:
         z = tl.where(e_ok, logits_E, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         scores_E = p / tl.sum(p, axis=0)
-    elif SCORING == 1:
+    elif SCORING == SIGMOID:
         scores_E = 1.0 / (1.0 + tl.exp(-logits_E))
     else:
         scores_E = logits_E
@@ -82,7 +97,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
         idx_K = tl.where(k == ki, pick.to(tl.int64), idx_K)
         w_K = tl.where(k == ki, tl.sum(tl.where(e == pick, scores_E, 0.0), axis=0), w_K)
     k_ok = k < TOP_K
-    if SCORING == 2:
+    if SCORING == SOFTMAX_TOPK:
         z = tl.where(k_ok, w_K, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         w_K = p / tl.sum(p, axis=0)

@@ -1,45 +1,18 @@
-"""The reference MoE layer against an independent plain-torch implementation written the way
-Hugging Face writes it (a loop over experts with masks), for both router families."""
+"""The reference MoE layer against the independent torch eager baseline (portable_moe.bench.eager, written
+the way Hugging Face writes it: a loop over experts with masks), for both router families."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from portable_moe.backends.reference import TORCH_DTYPES, run_graph
+from portable_moe.bench.eager import eager_loop, route
+from portable_moe.ir.meanings import TORCH_DTYPES, run_graph
 from portable_moe.models import build_moe_layer, init_params, preset
 from portable_moe.runtime.tolerance import global_error
 
 
-def plain_router(x, p, cfg):
-    logits = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32) @ p["router.weight"].to(
-        torch.float64 if x.dtype == torch.float64 else torch.float32).T
-    if cfg.scoring == "softmax":
-        scores = logits.softmax(-1)
-        w, idx = torch.topk(scores, cfg.top_k, dim=-1)
-        return (w / w.sum(-1, keepdim=True) if cfg.normalize else w), idx
-    scores = logits.sigmoid()
-    biased = scores + p["router.score_bias"].to(scores.dtype)
-    per_group = biased.view(len(x), cfg.num_groups, -1)
-    group_scores = per_group.topk(2, dim=-1).values.sum(-1)
-    keep = torch.zeros_like(group_scores).scatter(1, group_scores.topk(cfg.top_groups, dim=-1).indices, 1)
-    mask = keep.unsqueeze(-1).expand_as(per_group).reshape(len(x), -1)
-    idx = biased.masked_fill(mask == 0, float("-inf")).topk(cfg.top_k, dim=-1).indices
-    w = scores.gather(1, idx)
-    return w / w.sum(-1, keepdim=True) * cfg.scaling, idx
-
-
 def plain_moe(x, p, cfg):
-    w, idx = plain_router(x, p, cfg)
-    out = torch.zeros(x.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    for e in range(cfg.experts):
-        tok, slot = torch.where(idx == e)
-        gate, up = (x[tok] @ p["experts.gate_up"][e].T).chunk(2, dim=-1)
-        y = (F.silu(gate) * up) @ p["experts.down"][e].T
-        out.index_add_(0, tok, (y * w[tok, slot, None]).to(out.dtype))
-    if cfg.shared_ffn:
-        gate, up = (x @ p["shared.gate_up"].T).chunk(2, dim=-1)
-        out += ((F.silu(gate) * up) @ p["shared.down"].T).to(out.dtype)
-    return out.to(x.dtype), idx
+    """The torch eager baseline (written independently of the IR's meanings): (output, expert indices)."""
+    return eager_loop(cfg, p, x), route(cfg, p, x)[1]
 
 
 def layer(name, dtype="float64", **changes):

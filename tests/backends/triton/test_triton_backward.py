@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import portable_moe
-from portable_moe.backends.reference import ops as ref
 from portable_moe.backends.triton import autograd as fn
 from portable_moe.backends.triton import launch_bwd
 from portable_moe.backends.triton.tuning import CPU_CONFIG
+from portable_moe.ir import meanings as ref
 from portable_moe.models import build_moe_layer, init_params, preset
 from portable_moe.runtime import module as runtime_module
 
@@ -134,6 +134,6 @@ def test_layer_gradients_through_compile_match_float64_reference(name, dtype, mo
 
 
 def ref_layer(graph, x64, p64):
-    from portable_moe.backends.reference import run_graph
+    from portable_moe.ir.meanings import run_graph
 
     return run_graph(graph, {"x": x64}, p64)[0]

@@ -6,11 +6,11 @@ import torch
 
 from portable_moe.backends.base import BackendError
 from portable_moe.backends.devices import cpu_device
-from portable_moe.backends.reference import ops as ref
-from portable_moe.backends.reference import run_graph
 from portable_moe.backends.triton import TritonBackend, launch
 from portable_moe.backends.triton.tuning import CPU_CONFIG
 from portable_moe.ir import DType, IRError
+from portable_moe.ir import meanings as ref
+from portable_moe.ir.meanings import run_graph
 from portable_moe.models import build_moe_layer, init_params, preset
 
 # fp32: a handful of ulps over short sums; fp16: one rounding of the output (2^-11) plus the

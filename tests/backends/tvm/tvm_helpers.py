@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from portable_moe.backends.reference import run_graph
+from portable_moe.ir.meanings import run_graph
 
 
 def reference64(graph, inputs, params):

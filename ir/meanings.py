@@ -1,15 +1,25 @@
-"""The executable meaning of every op, in torch eager. Shapes: T tokens, H hidden, E experts,
-K top-k, R = T*K dispatched rows, V vocabulary. Low-precision inputs accumulate in float32;
-float64 stays float64, so the same code is the float64 oracle."""
+"""The executable meaning of every op (beside its schema in ops.py), in torch eager, with autograd.
+Shapes: T tokens, H hidden, E experts, K top-k, R = T*K dispatched rows, V vocabulary. Low-precision
+inputs accumulate in float32; float64 stays float64, so the same code is the float64 oracle.
+`run_graph` gives a whole graph its meaning; the reference backend is a plug-in around it."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from ...ir.errors import IRError
+from .errors import IRError
+from .graph import Graph
+
+TORCH_DTYPES = {
+    "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "int64": torch.int64, "int32": torch.int32,
+}
+"""The torch dtype of each IR dtype (DType.value)."""
 
 
 def acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -197,3 +207,16 @@ def cross_entropy(logits, targets, *, ignore_index):
 OPS = {name: fn for name, fn in globals().items() if name in {
     "embedding", "rms_norm", "linear", "add", "mul", "silu", "sigmoid", "gelu", "softmax", "attention",
     "router", "dispatch", "grouped_matmul", "swiglu", "combine", "cross_entropy"}}
+
+
+def run_graph(graph: Graph, inputs: Mapping, params: Mapping, env: dict | None = None) -> list:
+    """Interprets the graph node by node; `env` (if given) receives every intermediate value."""
+    env = {} if env is None else env
+    env.update(inputs)
+    env.update(params)
+    for node in graph.nodes:
+        args = [None if i is None else env[i] for i in node.inputs]
+        result = OPS[node.op](*args, **node.attrs)
+        results = result if isinstance(result, tuple) else (result,)
+        env.update((v.name, r) for v, r in zip(node.outputs, results))
+    return [env[o] for o in graph.outputs]

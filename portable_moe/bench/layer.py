@@ -14,16 +14,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from . import registry
-from .backends.base import Backend
-from .backends.devices import Device
-from .backends.reference import TORCH_DTYPES, ReferenceBackend
-from .ir import PortableMoeError
-from .models import MoEConfig, build_moe_layer, init_params
-from .runtime.compile import options_for
-from .runtime.partition import partition
+from .. import registry
+from ..backends.base import Backend
+from ..backends.devices import Device
+from ..ir import PortableMoeError
+from ..ir.meanings import TORCH_DTYPES
+from ..models import MoEConfig, build_moe_layer, init_params
+from ..registry import BackendUnavailable
+from ..runtime.compile import options_for
+from ..runtime.partition import partition
+from .eager import EAGER, eager_loop
+from .timer import synchronize, time_ms
 
 
 class BenchError(PortableMoeError):
@@ -101,91 +103,6 @@ def parse_layer_shape(text: str) -> tuple[int, int, int, int]:
     return values
 
 
-# ---- torch eager baselines (Hugging Face Mixtral-style loop, and sorted contiguous slices) ----
-
-def route(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Router in fp32, as Hugging Face MoE blocks do: (weights_TK, experts_TK)."""
-    bias = p.get("router.bias")
-    logits_TE = F.linear(x_TH.float(), p["router.weight"].float(), None if bias is None else bias.float())
-    scores_TE = {"softmax": torch.softmax(logits_TE, -1), "sigmoid": torch.sigmoid(logits_TE)}.get(
-        cfg.scoring, logits_TE)
-    pick_TE = scores_TE + p["router.score_bias"].float() if "router.score_bias" in p else scores_TE
-    if cfg.num_groups > 1:
-        pick_TGe = pick_TE.view(len(x_TH), cfg.num_groups, -1)
-        group_TG = pick_TGe.max(-1).values if cfg.group_score == "max" else pick_TGe.topk(2, -1).values.sum(-1)
-        keep_TG = torch.zeros_like(group_TG, dtype=torch.bool).scatter(1, group_TG.topk(cfg.top_groups, -1).indices,
-                                                                        True)
-        pick_TE = pick_TGe.masked_fill(~keep_TG.unsqueeze(-1), float("-inf")).view_as(pick_TE)
-    experts_TK = pick_TE.topk(cfg.top_k, -1).indices
-    weights_TK = scores_TE.gather(1, experts_TK)
-    if cfg.scoring == "softmax_topk":
-        weights_TK = torch.softmax(weights_TK, -1)
-    elif cfg.normalize:
-        weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
-    return (weights_TK * cfg.scaling).to(x_TH.dtype), experts_TK
-
-
-def expert_mlp(x_NH: torch.Tensor, gate_up_2FH: torch.Tensor, down_HF: torch.Tensor) -> torch.Tensor:
-    gate_NF, up_NF = F.linear(x_NH, gate_up_2FH).chunk(2, -1)
-    return F.linear(F.silu(gate_NF) * up_NF, down_HF)
-
-
-def shared_expert(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
-    y_TH = expert_mlp(x_TH, p["shared.gate_up"], p["shared.down"])
-    return y_TH * torch.sigmoid(F.linear(x_TH, p["shared.gate"])) if cfg.shared_gate else y_TH
-
-
-def eager_loop(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
-    """Hugging Face style: one-hot mask, then for each expert that got tokens, gather, MLP, index_add."""
-    weights_TK, experts_TK = route(cfg, p, x_TH)
-    out_TH = torch.zeros_like(x_TH)
-    mask_EKT = F.one_hot(experts_TK, cfg.experts).permute(2, 1, 0)
-    for e in (mask_EKT.sum((1, 2)) > 0).nonzero().flatten().tolist():
-        k_N, t_N = torch.where(mask_EKT[e])
-        y_NH = expert_mlp(x_TH[t_N], p["experts.gate_up"][e], p["experts.down"][e])
-        out_TH.index_add_(0, t_N, y_NH * weights_TK[t_N, k_N, None])
-    return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
-
-
-def eager_sorted(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
-    """Sort the (token, k) pairs by expert once, run each expert on a contiguous slice, scatter-add back."""
-    weights_TK, experts_TK = route(cfg, p, x_TH)
-    order_R = experts_TK.flatten().argsort(stable=True)
-    token_R = order_R // cfg.top_k
-    counts = torch.bincount(experts_TK.flatten(), minlength=cfg.experts).tolist()
-    rows = x_TH[token_R].split(counts)
-    ys = [expert_mlp(r, gu, d) for r, gu, d in zip(rows, p["experts.gate_up"].unbind(0), p["experts.down"].unbind(0))
-          if len(r)]
-    y_RH = torch.cat(ys) * weights_TK.flatten()[order_R, None]
-    out_TH = torch.zeros_like(x_TH).index_add_(0, token_R, y_RH)
-    return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
-
-
-EAGER = {"torch-loop": eager_loop, "torch-sorted": eager_sorted}
-
-
-# ---- timing ----
-
-def synchronize(device: Device):
-    kind = torch.device(device.torch_device).type
-    if kind != "cpu":
-        getattr(torch, kind).synchronize()
-
-
-def time_ms(fn: Callable[[], object], repeat: int, device: Device, warm_up: bool = True) -> list[float]:
-    """One warm-up call (unless done already), then `repeat` timed calls."""
-    if warm_up:
-        fn()
-        synchronize(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
 def matmul_gflops(case: Case, device: Device, repeat: int) -> float:
     """The layer's expert FLOPs as two dense matmuls ([R,H]x[H,2F], [R,F]x[F,H]): the rate a perfect
     grouped GEMM would reach on this device."""
@@ -204,7 +121,7 @@ def backend_forward(backend: Backend, graph, params: dict, device: Device) -> tu
     """Compiles the layer on the backend (nodes it lacks on the reference) and returns x -> y."""
     ranked = [(backend.name, backend)]
     if backend.name != "reference":
-        ranked.append(("reference", ReferenceBackend()))
+        ranked.append(("reference", registry.load("reference")))
     by_name = dict(ranked)
     segments = [(s, by_name[s.backend].compile(s.graph, device, options_for(by_name[s.backend], None)))
                 for s in partition(graph, device, ranked)]
@@ -231,7 +148,7 @@ def finish(row: Row, out: torch.Tensor | None, expected: torch.Tensor, flops: in
         row.gflops = flops / row.median_ms / 1e6
 
 
-def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | str]], repeat: int,
+def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | BackendUnavailable]], repeat: int,
                params: dict | None = None, progress=print) -> ShapeResult:
     graph = build_moe_layer(case.cfg)
     params = {k: v.to(device.torch_device) for k, v in (params or init_params(graph, seed=0)).items()}
@@ -265,8 +182,8 @@ def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | s
 
 def bench_backend(name, backend, case, graph, params, x_TH, expected, device, repeat, tol) -> Row:
     row = Row(name, "backend")
-    if isinstance(backend, str):
-        row.status = f"unavailable: {backend}"
+    if isinstance(backend, BackendUnavailable):
+        row.status = f"unavailable: {backend.reason}"
         return row
     reason = "compiles only, never executes" if not backend.executes else backend.availability(device)
     if reason:
@@ -285,7 +202,8 @@ def bench_backend(name, backend, case, graph, params, x_TH, expected, device, re
     return row
 
 
-def choose_backends(requested: list[str] | None, device: Device) -> tuple[list[tuple[str, Backend | str]], list[str]]:
+def choose_backends(requested: list[str] | None,
+                    device: Device) -> tuple[list[tuple[str, Backend | BackendUnavailable]], list[str]]:
     """The backends to time and the notes on the ones skipped as too slow for this device."""
     explicit = [b for b in (requested or ["all"]) if b != "all"]
     names = registry.backend_names() if not requested or "all" in requested else []
@@ -296,7 +214,7 @@ def choose_backends(requested: list[str] | None, device: Device) -> tuple[list[t
         if slow and n not in explicit:
             notes.append(f"{n} skipped on {device.id}: {slow}")
             continue
-        chosen.append((n, registry.load(n)))     # unknown names raise RegistryError listing the known ones
+        chosen.append((n, registry.load_for_listing(n)))     # unknown names raise RegistryError listing the known ones
     return chosen, notes
 
 
