@@ -17,7 +17,7 @@ from ..runtime.compile import options_for
 from ..runtime.module import CompiledModel
 from ..runtime.partition import Segment, partition
 from ..runtime.select import Selection
-from . import checks
+from . import checks, weight_updates
 from .result import CaseResult
 from .routing import keep_masks, router_ambiguity
 from .sample import Sample
@@ -145,6 +145,8 @@ def check(backend: Backend, device: Device, sample: Sample, r: CaseResult):
             names = [sample.graph.outputs[i] for i in differ]
             out.fail("determinism", f"two runs on the same inputs differ in {', '.join(names)} "
                                     f"(the backend declares itself deterministic)")
+        if not out.failures:
+            weight_updates.check(out, segments, inputs, params)
     else:
         out.notes.append("determinism not checked: the backend declares itself non-deterministic")
     if sample.backward and not out.failures:

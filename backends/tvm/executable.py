@@ -6,6 +6,7 @@ Not differentiable: the runtime recomputes gradients with the reference (the dec
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,24 +31,35 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
-class CpuCall:
-    """Runs a step's kernels from one loaded library; packs expert weights once per version."""
+class PackedWeights:
+    """Expert weights packed [E, N, K] -> [E, N/nb, K, nb] for the CPU kernels, kept per tensor *object*.
+    An entry serves only the very tensor it was made from (a weak reference, so a fresh tensor that
+    lands at a recycled address, e.g. a new torch.stack each training step, is never mistaken for it),
+    at the same storage and in-place version; it dies with its tensor. Writes torch cannot see (through
+    `.data` or numpy) are not noticed."""
 
-    def __init__(self, module, packed: dict):
-        self.module, self.packed = module, packed
+    def __init__(self):
+        self.entries: dict[tuple[int, int], tuple] = {}
+
+    def __call__(self, w: torch.Tensor, E: int, nb: int) -> torch.Tensor:
+        key, state = (id(w), nb), (w._version, w.data_ptr())
+        entry = self.entries.get(key)
+        if entry is not None and entry[0]() is w and entry[1] == state:
+            return entry[2]
+        N, K = w.shape[-2:]
+        packed = w.detach().float().reshape(E, N // nb, nb, K).transpose(2, 3).contiguous()
+        self.entries[key] = (weakref.ref(w, lambda _: self.entries.pop(key, None)), state, packed)
+        return packed
+
+
+class CpuCall:
+    """Runs a step's kernels from one loaded library; expert weights go through the shared PackedWeights."""
+
+    def __init__(self, module, weight: PackedWeights):
+        self.module, self.weight = module, weight
 
     def __call__(self, name: str, *tensors):
         self.module[name](*[tvm.runtime.from_dlpack(aligned(t.detach())) for t in tensors])
-
-    def weight(self, w_ENK: torch.Tensor, nb: int) -> torch.Tensor:
-        """[E, N, K] -> [E, N/nb, K, nb], cached per weight until it is updated in place."""
-        key = (w_ENK.data_ptr(), tuple(w_ENK.shape), tuple(w_ENK.stride()), nb)
-        version, packed = self.packed.get(key, (None, None))
-        if version != w_ENK._version:          # first use, or updated in place (an optimizer step)
-            E, N, K = w_ENK.shape
-            packed = w_ENK.detach().float().reshape(E, N // nb, nb, K).transpose(2, 3).contiguous()
-            self.packed[key] = (w_ENK._version, packed)
-        return packed
 
 
 PARAM = re.compile(r"(\w+): T\.Buffer\(\(([^)]*)\)")
@@ -86,8 +98,8 @@ class OpenCLCall:
     def n_outputs(self, name: str) -> int:
         return {"select": 4, "sort": 2}.get(name, 1)
 
-    def weight(self, w_ENK: torch.Tensor, nb: int) -> torch.Tensor:
-        return w_ENK.detach().float().contiguous()
+    def weight(self, w: torch.Tensor, E: int, nb: int) -> torch.Tensor:
+        return w.detach().float().reshape(E, *w.shape[-2:]).contiguous()
 
 
 class TVMExecutable(Executable):
@@ -95,7 +107,7 @@ class TVMExecutable(Executable):
 
     def __init__(self, graph: Graph, device: Device, steps: list[Step], cache_dir: Path):
         super().__init__(graph, device)
-        self.steps, self.calls, self.packed = steps, [], {}
+        self.steps, self.calls, self.packed = steps, [], PackedWeights()
         if device.kind == "opencl":
             self.target = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
             self.calls = [self.opencl_call(s, cache_dir) for s in steps]

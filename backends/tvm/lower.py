@@ -61,7 +61,7 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile, 
         x2 = flat(x).contiguous()
         check_offsets(offsets, x2.shape[0], E, nodes[0].name)
         y = torch.empty(x2.shape[0], F, dtype=torch.float32)
-        call("gmm", x2, call.weight(w.reshape(E, *w.shape[-2:]), fitted.NB), offsets, zeros(N) if b is None else b, y)
+        call("gmm", x2, call.weight(w, E, fitted.NB), offsets, zeros(N) if b is None else b, y)
         return [y.reshape(*x.shape[:-1], F)]
 
     launch = {"gmm": lambda s: ((s["R"] // BM + E, (F + BN - 1) // BN), (BN, BM))}

@@ -112,6 +112,17 @@ def wrong_weight_grad(x, weight, offsets):
     return WrongWeightGrad.apply(x, weight, offsets)
 
 
+def stale_weights():
+    """Keeps a copy of the weight keyed by address, shape and version (the TVM defect of issue 21)."""
+    kept = {}
+
+    def gmm(x, weight, offsets):
+        key = (weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()), weight._version)
+        return ref.grouped_matmul(x, kept.setdefault(key, weight.detach().clone()), offsets)
+
+    return gmm
+
+
 def faulty_backends() -> list[FaultyBackend]:
     return [
         FaultyBackend("faulty-drops-expert", {"grouped_matmul": drops_expert}, ("grouped_matmul", "values")),
@@ -123,6 +134,8 @@ def faulty_backends() -> list[FaultyBackend]:
         FaultyBackend("faulty-nan-to-zero", {"swiglu": nan_to_zero}, ("swiglu", "nan-propagation")),
         FaultyBackend("faulty-segment-boundary", {"grouped_matmul": segment_off_by_one}, ("grouped_matmul", "values")),
         FaultyBackend("faulty-weight-grad", {"grouped_matmul": wrong_weight_grad}, ("grouped_matmul", "backward")),
+        FaultyBackend("faulty-stale-weights", {"grouped_matmul": stale_weights()},
+                      ("grouped_matmul", "weights-changed")),
     ]
 
 
