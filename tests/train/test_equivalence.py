@@ -3,28 +3,9 @@ running the IR graph on the reference backend (fp32 conformance tolerance rtol 1
 
 from __future__ import annotations
 
-import pytest
-import torch
-from train_jobs import gathered_grads, ok, reference_step0, run_job
+from train_jobs import check_against_reference, ok, run_job
 
 from portable_moe.train import TrainConfig
-
-RTOL, ATOL = 1e-4, 1e-6
-
-
-def check_against_reference(cfg: TrainConfig, result, dump_dir):
-    ref_loss, ref_grads = reference_step0(cfg)
-    assert result.steps[0]["loss"] == pytest.approx(ref_loss, rel=RTOL)
-    got = gathered_grads(dump_dir, cfg.world)
-    for name, ref in ref_grads.items():
-        if ".moe.experts." in name:
-            for e in range(ref.shape[0]):
-                copies = got[f"{name}/{e}"]
-                for g in copies:
-                    torch.testing.assert_close(g, ref[e], rtol=RTOL, atol=ATOL,
-                                               msg=lambda m, n=f"{name}/{e}": f"{n}: {m}")
-        else:
-            torch.testing.assert_close(got[name][0], ref, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_two_backends_even_placement_match_reference(tmp_path):

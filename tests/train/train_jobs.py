@@ -3,6 +3,7 @@ own, not conftest.py: every test folder has a conftest, and `from conftest impor
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,6 +13,7 @@ from portable_moe.train import TrainConfig, launch
 from portable_moe.train.data import global_batch
 
 JOB_TIMEOUT_S = 90
+RTOL, ATOL = 1e-4, 1e-6   # fp32 conformance tolerance
 
 
 def run_job(cfg: TrainConfig, workdir, max_restarts: int = 0) -> launch.RunResult:
@@ -43,3 +45,18 @@ def gathered_grads(dump_dir, world: int) -> dict[str, list[torch.Tensor]]:
         for name, g in load_file(str(dump_dir / f"shard-{r:05d}.safetensors")).items():
             out.setdefault(name, []).append(g)
     return out
+
+
+def check_against_reference(cfg: TrainConfig, result, dump_dir):
+    ref_loss, ref_grads = reference_step0(cfg)
+    assert result.steps[0]["loss"] == pytest.approx(ref_loss, rel=RTOL)
+    got = gathered_grads(dump_dir, cfg.world)
+    for name, ref in ref_grads.items():
+        if ".moe.experts." in name:
+            for e in range(ref.shape[0]):
+                copies = got[f"{name}/{e}"]
+                for g in copies:
+                    torch.testing.assert_close(g, ref[e], rtol=RTOL, atol=ATOL,
+                                               msg=lambda m, n=f"{name}/{e}": f"{n}: {m}")
+        else:
+            torch.testing.assert_close(got[name][0], ref, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
