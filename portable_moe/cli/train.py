@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import registry
 from ..models import PRESETS, load_config, preset
 from ..runtime import resolve_device
-from ..train import TrainConfig, TrainError, launch
+from ..train import TrainConfig, TrainError, checkpoint, launch
 from ..train.report import write_report
 
 
@@ -43,10 +43,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--capacity-factor", type=float, default=0.0, help="0 = dropless")
     p.add_argument("--bridge", default="gloo", help="cross-vendor process-group backend")
     p.add_argument("--checkpoint", default="", help="checkpoint directory")
-    p.add_argument("--checkpoint-every", type=int, default=10)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=10,
+                   help="save every N steps (0: only at the end); the last step is always saved")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a --checkpoint directory that holds checkpoints (deletes them)")
     p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a failure")
     p.add_argument("--timeout", type=float, default=60.0, help="process-group timeout (s): a hung rank fails the job")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop the whole job after this many seconds (default 0: no limit)")
     p.add_argument("--report", default="train-report", help="directory for report.json and loss.png")
     p.add_argument("--print-command", action="store_true", help="print the torchrun line instead of running")
     p.add_argument("--nnodes", type=int, default=1, help="with --print-command: number of nodes")
@@ -56,6 +61,8 @@ def add_parser(subparsers) -> None:
 
 def config_of(args) -> TrainConfig:
     n = args.nproc
+    if n < 1:
+        raise TrainError(f"--nproc {n}: give at least 1 rank")
     devices = csv(args.devices) if args.devices else ("cpu",) * n
     backends = csv(args.backends) if args.backends else ("reference",) * n
     if len(devices) != n:
@@ -65,7 +72,8 @@ def config_of(args) -> TrainConfig:
                        replan_every=args.replan_every, max_move_bytes=args.max_move_bytes, aux_loss=args.aux_loss,
                        aux_free_rate=args.aux_free_rate, capacity_factor=args.capacity_factor,
                        bridge=args.bridge, timeout_s=args.timeout, checkpoint=args.checkpoint,
-                       checkpoint_every=args.checkpoint_every if args.checkpoint else 0, resume=args.resume)
+                       checkpoint_every=args.checkpoint_every if args.checkpoint else 0, resume=args.resume,
+                       overwrite=args.overwrite)
 
 
 def check_names(cfg: TrainConfig, local: bool):
@@ -79,6 +87,8 @@ def check_names(cfg: TrainConfig, local: bool):
     if local:
         for device in set(cfg.devices):
             resolve_device(device)
+        if cfg.checkpoint:
+            checkpoint.check_start(Path(cfg.checkpoint), cfg.resume, cfg.overwrite)
 
 
 def run(args) -> int:
@@ -88,14 +98,39 @@ def run(args) -> int:
     if args.print_command:
         print(launch.print_command(cfg, report_dir, args.nnodes))
         return 0
-    result = launch.run(cfg, report_dir, max_restarts=args.max_restarts,
-                        show=None if args.json else lambda line: print(line, flush=True))
+    show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    result = launch.run(cfg, report_dir, max_restarts=args.max_restarts, timeout_s=args.time_limit or None,
+                        show=show)
     if result.returncode != 0:
-        print(f"error: training failed (exit {result.returncode}); last lines of the ranks' output:", file=sys.stderr)
-        print("\n".join(result.stderr.strip().splitlines()[-15:]), file=sys.stderr)
-        return 1
-    steps = sorted({s["step"]: s for s in result.steps}.values(), key=lambda s: s["step"])
-    report = write_report(report_dir, cfg, steps, result.ranks)
+        return failed(result, args.time_limit)
+    report = write_report(report_dir, cfg, result.all_steps(), result.ranks, resumed_at=steps_before(result),
+                          notes=result.notes)
     print(json.dumps(report, indent=1) if args.json else "\n".join(report["summary"] + [
         f"report: {report_dir / 'report.json'}, {report_dir / 'loss.png'}"]))
     return 0
+
+
+def steps_before(result: launch.RunResult) -> int:
+    return max((s["step"] for s in result.history), default=0)
+
+
+def failed(result: launch.RunResult, time_limit: float) -> int:
+    """Each failed rank's own line (its exception), ranks that only lost a peer after them; exit 2 when
+    every rank refused its input (a setting or a file), else 1."""
+    if result.timed_out:
+        print(f"portable-moe train: error: the job ran past --time-limit {time_limit:g} s and was stopped "
+              f"(output: {result.log})", file=sys.stderr)
+        return 1
+    if not result.errors:
+        print(f"portable-moe train: error: training failed (exit {result.returncode}) and no rank said why; "
+              f"output: {result.log}", file=sys.stderr)
+        return 1
+    if all(e["kind"] == "input" for e in result.errors) and len({e["message"] for e in result.errors}) == 1:
+        print(f"portable-moe train: error: {result.errors[0]['message']}", file=sys.stderr)
+        return 2
+    print("portable-moe train: error: training failed:", file=sys.stderr)
+    for line in result.error_lines():
+        print(f"  {line}", file=sys.stderr)
+    print(f"  full output: {result.log}", file=sys.stderr)
+    return 2 if all(e["kind"] == "input" for e in result.errors) else 1

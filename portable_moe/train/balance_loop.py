@@ -53,7 +53,7 @@ def migrate(model: TrainModel, opt: NamedAdamW, comm: Comm, old_LEW: torch.Tenso
     mine = [mv for mv in moves if mv[2] == comm.rank]
     mine.sort(key=lambda mv: mv[3])  # grouped by destination, global order inside each group
     rows = [pack(model, opt, layer, e) for layer, e, _, _ in mine]
-    send_buf = torch.stack(rows) if rows else torch.zeros(0, width)
+    send_buf = torch.stack(rows) if rows else torch.zeros(0, width, device=model.device)
     send = [sum(1 for mv in mine if mv[3] == d) for d in range(comm.world)]
     incoming = sorted((mv for mv in moves if mv[3] == comm.rank), key=lambda mv: mv[2])
     recv = [sum(1 for mv in incoming if mv[2] == s) for s in range(comm.world)]

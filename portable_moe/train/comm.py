@@ -75,7 +75,7 @@ class Comm:
 
     def exchange_counts(self, send_W: torch.Tensor) -> torch.Tensor:
         """send_W[d] = how many rows this rank sends to rank d -> recv_W[s] = rows it gets from s."""
-        recv_W = torch.empty_like(send_W)
+        recv_W = torch.empty_like(send_W, device="cpu")  # gloo: host tensors
         if self.world == 1:
             return send_W.clone()
         dist.all_to_all_single(recv_W, send_W.cpu())

@@ -15,6 +15,15 @@ class TrainError(PortableMoeError):
 PLACEMENTS = ("even", "balanced")
 
 
+def device_id(name: str) -> str:
+    """'cuda' means 'cuda:0' (as in torch), 'cpu:0' means 'cpu': one spelling per device, so a rank's
+    device string names the same device everywhere (config, checkpoint meta, device lookup)."""
+    kind, _, index = name.strip().lower().partition(":")
+    if kind == "cpu" and index in ("", "0"):
+        return "cpu"
+    return f"{kind}:{index or 0}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     model: str = "debug"                 # a preset of portable_moe.models, or a model config JSON file
@@ -41,11 +50,13 @@ class TrainConfig:
     checkpoint: str = ""                # directory; "" = no checkpoints
     checkpoint_every: int = 0           # 0 = only at the end (when a directory is given)
     resume: bool = False
-    fail_at: str = ""                   # fault injection for tests: "RANK:STEP[:hang]", first attempt only
+    overwrite: bool = False             # a fresh run may delete the checkpoints already in the directory
+    fail_at: str = ""                   # fault injection for tests: "RANK:STEP[:hang|:raise]", first attempt only
     report: str = ""                    # directory for the report (PNG, JSON)
     dump: str = ""                      # tests: each rank writes its step-0 gradients here (safetensors)
 
     def __post_init__(self):
+        object.__setattr__(self, "devices", tuple(device_id(d) for d in self.devices))
         n = len(self.devices)
         if n < 1:
             raise TrainError("devices is empty; give one device per rank, e.g. cpu,cpu")
@@ -63,6 +74,8 @@ class TrainConfig:
             raise TrainError("steps, replan_every and checkpoint_every must be >= 0")
         if self.resume and not self.checkpoint:
             raise TrainError("resume needs a checkpoint directory (--checkpoint DIR)")
+        if self.resume and self.overwrite:
+            raise TrainError("resume and overwrite exclude each other: continue the checkpoints or start over")
 
     @property
     def world(self) -> int:

@@ -16,12 +16,12 @@ def global_batch(seed: int, step: int, batch: int, seq: int, vocab: int) -> tupl
     """-> ids[batch, seq], targets[batch, seq] for one step of the whole job."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     vocab = min(vocab, ALPHABET)
-    tokens = torch.empty(batch, seq + 1, dtype=torch.long)
-    tokens[:, :2] = torch.randint(0, vocab, (batch, 2), generator=g)
+    tokens = torch.empty(batch, seq + 1, dtype=torch.long, device="cpu")
+    tokens[:, :2] = torch.randint(0, vocab, (batch, 2), generator=g, device="cpu")
     for i in range(2, seq + 1):
         tokens[:, i] = (5 * tokens[:, i - 1] + 7 * tokens[:, i - 2] + 3) % vocab
-    noise = torch.rand(batch, seq + 1, generator=g) < 0.1
-    tokens = torch.where(noise, torch.randint(0, vocab, (batch, seq + 1), generator=g), tokens)
+    noise = torch.rand(batch, seq + 1, generator=g, device="cpu") < 0.1
+    tokens = torch.where(noise, torch.randint(0, vocab, (batch, seq + 1), generator=g, device="cpu"), tokens)
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 

@@ -18,6 +18,6 @@ def demo(workdir: Path | None = None, steps: int = 10) -> list[str]:
         result = run(cfg, Path(workdir or tmp), timeout_s=120)
     if result.returncode != 0:
         raise TrainError(f"demo training failed (exit {result.returncode}): "
-                         + " | ".join(result.stderr.strip().splitlines()[-3:]))
-    steps_ = sorted({s["step"]: s for s in result.steps}.values(), key=lambda s: s["step"])
+                         + (" | ".join(result.error_lines()) or f"see {result.log}"))
+    steps_ = result.all_steps()
     return summarize(steps_, result.ranks)

@@ -59,13 +59,18 @@ class ExpertParallel:
         return pos < cap
 
     def __call__(self, x_TH: torch.Tensor, w_TK: torch.Tensor, idx_TK: torch.Tensor, experts) -> torch.Tensor:
-        """experts(slot list) -> (gate_up_XFH, down_XHF) stacked from this rank's parameters."""
+        """experts(slot list) -> (gate_up_XFH, down_XHF) stacked from this rank's parameters. Activations
+        and weights stay on the rank's device; the routing bookkeeping is made on the host."""
+        with torch.device("cpu"):
+            return self.route(x_TH, w_TK, idx_TK, experts)
+
+    def route(self, x_TH: torch.Tensor, w_TK: torch.Tensor, idx_TK: torch.Tensor, experts) -> torch.Tensor:
         T, K = idx_TK.shape
-        W, H = self.comm.world, x_TH.shape[1]
-        e_R, w_R = idx_TK.reshape(-1), w_TK.reshape(-1)
+        W, H, dev = self.comm.world, x_TH.shape[1], x_TH.device
+        e_R, w_R = idx_TK.reshape(-1).cpu(), w_TK.reshape(-1)
         t_R, k_R = torch.arange(T * K) // K, torch.arange(T * K) % K
         keep = self.keep_mask(e_R, T, K)
-        e_R, w_R, t_R, k_R = e_R[keep], w_R[keep], t_R[keep], k_R[keep]
+        e_R, w_R, t_R, k_R = e_R[keep], w_R[keep.to(dev)], t_R[keep], k_R[keep]
         d_R = replica_destinations(e_R, self.share_EW) if e_R.numel() else e_R
         # one row per (destination, token), ordered by destination; it carries the token's K weight slots
         # for that destination, so dispatch and combine are one chain of two all-to-alls (a fixed
@@ -73,7 +78,7 @@ class ExpertParallel:
         uniq, row_R = torch.unique(d_R * T + t_R, return_inverse=True)
         send_tok, send_dest = uniq % T, uniq // T
         tok_counts = torch.bincount(send_dest, minlength=W)
-        w_NK = (w_R.new_zeros(uniq.numel(), K)).index_put((row_R, k_R), w_R)
+        w_NK = (w_R.new_zeros(uniq.numel(), K)).index_put((row_R.to(dev), k_R.to(dev)), w_R)
         pair_order = torch.sort(d_R * T + t_R, stable=True).indices
         pair_counts = torch.bincount(d_R, minlength=W)
         chunk_start = torch.cumsum(tok_counts, 0) - tok_counts
@@ -84,13 +89,13 @@ class ExpertParallel:
         send_t, recv_t = tok_counts.tolist(), recv[:, 0].tolist()
         send_p, recv_p = pair_counts.tolist(), recv[:, 1].tolist()
         meta_P3 = self.comm.raw_all_to_all(meta, send_p, recv_p)
-        got = self.comm.all_to_all(torch.cat([x_TH[send_tok], w_NK.to(x_TH.dtype)], 1), send_t, recv_t)
+        got = self.comm.all_to_all(torch.cat([x_TH[send_tok.to(dev)], w_NK.to(x_TH.dtype)], 1), send_t, recv_t)
         rows_NH, w_NK = got[:, :H], got[:, H:]
         src_P = torch.repeat_interleave(torch.arange(W), torch.tensor(recv_p, dtype=torch.long))
         row_P = meta_P3[:, 0] + (torch.cumsum(torch.tensor(recv_t), 0) - torch.tensor(recv_t))[src_P]
-        out_NH = self.local(rows_NH, row_P, meta_P3[:, 1], w_NK[row_P, meta_P3[:, 2]], experts)
+        out_NH = self.local(rows_NH, row_P, meta_P3[:, 1], w_NK[row_P.to(dev), meta_P3[:, 2].to(dev)], experts)
         back = self.comm.all_to_all(out_NH, recv_t, send_t)
-        return torch.zeros_like(x_TH).index_add(0, send_tok, back.to(x_TH.dtype))
+        return torch.zeros_like(x_TH).index_add(0, send_tok.to(dev), back.to(x_TH.dtype))
 
     def local(self, rows_NH, row_P, slot_P, w_P, experts) -> torch.Tensor:
         slots = self.slots[self.comm.rank]
@@ -100,6 +105,7 @@ class ExpertParallel:
         counts = torch.bincount(slot_P, minlength=len(slots))
         offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
         gate_up, down = experts(slots)
+        order, row_P = order.to(rows_NH.device), row_P.to(rows_NH.device)
         x_PH = rows_NH[row_P[order]]
         start = time.perf_counter()
         y_PH = self.compute(x_PH, gate_up, down, offsets)

@@ -1,11 +1,14 @@
 """Builds the torchrun command for a TrainConfig and runs it on this machine (standalone rendezvous on
-127.0.0.1), drawing one progress line per step from rank 0's '@step' lines; or prints the command for
-a multi-node launch."""
+127.0.0.1), drawing one progress line per step from rank 0's '@step' lines and collecting each rank's
+'@error' line; or prints the command for a multi-node launch. torchrun and its workers run in a process
+group of their own, so a timeout or an interrupt ends all of them."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from .. import knobs
 from .config import TrainConfig
-from .worker import DONE_PREFIX, STEP_PREFIX
+from .worker import DONE_PREFIX, ERROR_PREFIX, HISTORY_PREFIX, NOTE_PREFIX, STEP_PREFIX
 
 
 def free_port() -> int:
@@ -35,21 +38,24 @@ def torchrun_command(config_file: Path, nproc: int, max_restarts: int = 0, port:
 def environment() -> dict[str, str]:
     """Restarted gloo workers reconnect only with the rendezvous store not shared (FIELD-NOTES).
     PYTHONSAFEPATH: `python -m` must not put the working directory first on sys.path, or a source
-    checkout there would shadow the installed package."""
+    checkout there would shadow the installed package. No TRITON_INTERPRET: the Triton backend interprets
+    CPU tensors by itself, and set for every worker it would make a GPU rank interpret too."""
     return knobs.child_environment({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
-                                    "MASTER_ADDR": "127.0.0.1", "TRITON_INTERPRET": "1", "PYTHONSAFEPATH": "1"})
+                                    "MASTER_ADDR": "127.0.0.1", "PYTHONSAFEPATH": "1"})
 
 
-def write_config(cfg: TrainConfig, where: Path) -> Path:
+def write_config(cfg: TrainConfig, where: Path, name: str = "train_config.json") -> Path:
     where.mkdir(parents=True, exist_ok=True)
-    path = where / "train_config.json"
+    path = where / name
     path.write_text(cfg.to_json())
     return path
 
 
 def print_command(cfg: TrainConfig, where: Path, nnodes: int = 1, endpoint: str = "HOST:29500") -> str:
-    cmd = torchrun_command(write_config(cfg, where), cfg.world // max(nnodes, 1), nnodes=str(nnodes),
-                           endpoint=endpoint)
+    """The torchrun line for a launch by hand; its config goes to 'command_config.json', beside (never
+    over) the train_config.json of a run made here."""
+    cmd = torchrun_command(write_config(cfg, where, "command_config.json"), cfg.world // max(nnodes, 1),
+                           nnodes=str(nnodes), endpoint=endpoint)
     return "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 PYTHONSAFEPATH=1 " + shlex.join(cmd)
 
 
@@ -59,6 +65,11 @@ class RunResult:
     steps: list[dict] = field(default_factory=list)
     ranks: list[dict] = field(default_factory=list)
     stderr: str = ""
+    history: list[dict] = field(default_factory=list)   # the steps before a resume, from the checkpoint
+    notes: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)    # one per failed rank: rank, at, kind, message
+    timed_out: bool = False
+    log: Path | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -66,36 +77,84 @@ class RunResult:
         by_step = {s["step"]: s["loss"] for s in self.steps}
         return [by_step[k] for k in sorted(by_step)]
 
+    def error_lines(self) -> list[str]:
+        """Each failed rank's own error first, then ranks that only lost a peer; ranks that said the same
+        thing at the same point share a line."""
+        grouped: dict[tuple, list[int]] = {}
+        for e in sorted(self.errors, key=lambda e: (e["kind"] == "peer", e["rank"])):
+            grouped.setdefault((e["at"], e["message"]), []).append(e["rank"])
+        return [f"{'rank' if len(ranks) == 1 else 'ranks'} {','.join(map(str, ranks))} at {at}: {message}"
+                for (at, message), ranks in grouped.items()]
+
+    def all_steps(self) -> list[dict]:
+        """Every step of the run, the earlier ones of a resumed run included; a step re-run after a
+        restart replaces the one lost."""
+        by_step = {s["step"]: s for s in self.history + self.steps}
+        return [by_step[k] for k in sorted(by_step)]
+
 
 def progress_line(rec: dict, total: int) -> str:
-    done = rec["step"] + 1
+    done = rec["step"]
     bar = "#" * (20 * done // max(total, 1))
     moved = f" moved {rec['moved_bytes'] / 1e6:.2f} MB" if rec.get("moved_bytes") else ""
     return (f"[{bar:<20}] step {done}/{total} loss {rec['loss']:.4f} {rec['tokens_per_s']:.0f} tok/s "
             f"imbalance {rec['imbalance']:.2f}{moved}")
 
 
-def run(cfg: TrainConfig, workdir: Path, max_restarts: int = 0, timeout_s: float = 600.0,
+def run(cfg: TrainConfig, workdir: Path, max_restarts: int = 0, timeout_s: float | None = 600.0,
         show=None) -> RunResult:
-    """Runs the job to completion (or failure); `show(line)` gets one progress line per step."""
+    """Runs the job to completion, failure or `timeout_s` (None: no limit; a hung rank still fails the
+    job after cfg.timeout_s); `show(line)` gets one progress line per step and each note."""
     cmd = torchrun_command(write_config(cfg, workdir), cfg.world, max_restarts)
     log = workdir / "stderr.log"
+    result = RunResult(0, log=log)
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=environment())
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
-        result = RunResult(0)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=environment(),
+                                start_new_session=True)
+
+        def expire():
+            result.timed_out = True
+            kill_group(proc)
+
+        timer = threading.Timer(timeout_s, expire) if timeout_s else None
+        if timer:
+            timer.start()
         try:
             for line in proc.stdout:
-                if line.startswith(STEP_PREFIX):
-                    rec = json.loads(line[len(STEP_PREFIX):])
-                    result.steps.append(rec)
-                    if show:
-                        show(progress_line(rec, cfg.steps))
-                elif line.startswith(DONE_PREFIX):
-                    result.ranks = json.loads(line[len(DONE_PREFIX):])
+                read_line(line, result, cfg, show)
             result.returncode = proc.wait()
+        except BaseException:  # an interrupt (Ctrl-C) or a bad line: no worker outlives the launcher
+            kill_group(proc)
+            proc.wait()
+            raise
         finally:
-            timer.cancel()
-    result.stderr = log.read_text()
+            if timer:
+                timer.cancel()
+    result.stderr = log.read_text(errors="replace")
+    result.errors = [json.loads(line[len(ERROR_PREFIX):]) for line in result.stderr.splitlines()
+                     if line.startswith(ERROR_PREFIX)]
     return result
+
+
+def read_line(line: str, result: RunResult, cfg: TrainConfig, show):
+    if line.startswith(STEP_PREFIX):
+        rec = json.loads(line[len(STEP_PREFIX):])
+        result.steps.append(rec)
+        if show:
+            show(progress_line(rec, cfg.steps))
+    elif line.startswith(HISTORY_PREFIX):
+        result.history = json.loads(line[len(HISTORY_PREFIX):])
+    elif line.startswith(NOTE_PREFIX):
+        result.notes.append(line[len(NOTE_PREFIX):].strip())
+        if show:
+            show("note: " + result.notes[-1])
+    elif line.startswith(DONE_PREFIX):
+        result.ranks = json.loads(line[len(DONE_PREFIX):])
+
+
+def kill_group(proc: subprocess.Popen):
+    """torchrun and every worker (they share its process group; workers hold its stdout open)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -63,29 +63,33 @@ def local_compute(cfg: MoEConfig, backend: str, device: str) -> LocalCompute:
 
 
 class TrainModel:
-    def __init__(self, cfg: MoEConfig, full_params: dict[str, torch.Tensor], hosts_LEW: torch.Tensor, rank: int):
-        self.cfg, self.rank = cfg, rank
-        self.dense: dict[str, torch.Tensor] = {}
-        self.experts: dict[str, torch.Tensor] = {}
-        for name, t in full_params.items():
-            if ".moe.experts." in name:
-                continue
-            if name.endswith("router.score_bias"):
-                continue
-            self.dense[name] = t.detach().clone().requires_grad_(True)
-        self.score_bias = torch.zeros(cfg.layers, cfg.experts, dtype=torch.float32)
-        for layer, e in torch.nonzero(hosts_LEW[:, :, rank]).tolist():
-            for kind in EXPERT_KINDS:
-                w = full_params[f"layers.{layer}.moe.experts.{kind}"][e]
-                self.experts[expert_name(layer, kind, e)] = w.detach().clone().requires_grad_(True)
+    """One rank's model: every tensor (dense replica, hosted experts, routing bias) on `device`, the
+    rank's own device, so activations, gradients and optimizer state follow it there."""
+
+    def __init__(self, cfg: MoEConfig, full_params: dict[str, torch.Tensor], hosts_LEW: torch.Tensor, rank: int,
+                 device: torch.device):
+        dense = {n: t for n, t in full_params.items()
+                 if ".moe.experts." not in n and not n.endswith("router.score_bias")}
+        experts = {expert_name(layer, kind, e): full_params[f"layers.{layer}.moe.experts.{kind}"][e]
+                   for layer, e in torch.nonzero(hosts_LEW[:, :, rank]).tolist() for kind in EXPERT_KINDS}
+        self._hold(cfg, rank, device, dense, experts, torch.zeros(cfg.layers, cfg.experts))
 
     @classmethod
-    def from_tensors(cls, cfg: MoEConfig, rank: int, dense: dict, experts: dict, score_bias: torch.Tensor):
+    def from_tensors(cls, cfg: MoEConfig, rank: int, device: torch.device, dense: dict, experts: dict,
+                     score_bias: torch.Tensor):
         self = cls.__new__(cls)
-        self.cfg, self.rank, self.score_bias = cfg, rank, score_bias.clone()
-        self.dense = {n: t.clone().requires_grad_(True) for n, t in dense.items()}
-        self.experts = {n: t.clone().requires_grad_(True) for n, t in experts.items()}
+        self._hold(cfg, rank, device, dense, experts, score_bias)
         return self
+
+    def _hold(self, cfg, rank, device, dense, experts, score_bias):
+        self.cfg, self.rank, self.device = cfg, rank, torch.device(device)
+        self.score_bias = score_bias.to(self.device, torch.float32, copy=True)
+        self.dense = {n: self.leaf(t) for n, t in dense.items()}
+        self.experts = {n: self.leaf(t) for n, t in experts.items()}
+
+    def leaf(self, t: torch.Tensor) -> torch.Tensor:
+        """A trainable copy of t on this rank's device."""
+        return t.detach().to(self.device, copy=True).requires_grad_(True)
 
     def params(self) -> dict[str, torch.Tensor]:
         return self.dense | self.experts

@@ -15,20 +15,26 @@ import torch
 
 from .. import balance
 from ..models import PRESETS, load_config, preset
+from ..runtime import resolve_device
 from . import checkpoint as ckpt
 from . import placement as pl
 from .balance_loop import migrate
 from .comm import Comm
-from .config import TrainConfig
+from .config import TrainConfig, TrainError
 from .data import shard
 from .expert_parallel import ExpertParallel
 from .model import EXPERT_KINDS, TrainModel, expert_name, local_compute, reference_params, split_name
 from .optim import NamedAdamW
 
 
+def rank_device(device: str) -> torch.device:
+    """The torch device that holds a rank's tensors (an OpenCL rank's live in host memory)."""
+    return torch.device(resolve_device(device).torch_device)
+
+
 @dataclass
 class StepRecord:
-    step: int
+    step: int                           # counted from 1: the number of steps done when it ended
     loss: float
     ce: float
     tokens_per_s: float
@@ -40,6 +46,9 @@ class StepRecord:
 class Trainer:
     def __init__(self, cfg: TrainConfig, comm: Comm):
         self.cfg, self.comm = cfg, comm
+        self.device = rank_device(cfg.devices[comm.rank])
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.mcfg = preset(cfg.model) if cfg.model in PRESETS else load_config(cfg.model)
         m = self.mcfg
         self.expert_bytes = 3 * m.hidden * m.expert_ffn * torch.finfo(torch.float32).bits // 8
@@ -48,17 +57,22 @@ class Trainer:
         self.start_step, self.moved_bytes, self.history = 0, 0, []
         self.compute = local_compute(m, cfg.backends[comm.rank], cfg.devices[comm.rank])
         self.placement = pl.initial(cfg, m.layers, m.experts, self.expert_bytes)
-        found = ckpt.latest(Path(cfg.checkpoint)) if cfg.checkpoint and cfg.resume else None
-        if found is None:
-            self.set_model(reference_params(m, cfg.seed))
+        self.notes: list[str] = []      # what the run should tell the user (damaged checkpoints skipped)
+        self.damaged: list[Path] = []
+        if cfg.checkpoint and cfg.resume:
+            path, index, damaged = ckpt.newest_intact(Path(cfg.checkpoint))
+            self.damaged = list(damaged)
+            self.notes = [f"checkpoint {p.name} is damaged ({why}); resuming from {path.name}; it will be kept "
+                          f"as damaged-{p.name}" for p, why in damaged.items()]
+            self.restore(path, index)
         else:
-            self.restore(found)
+            self.set_model(reference_params(m, cfg.seed))
 
     # -- placement ---------------------------------------------------------------------------------
     def set_model(self, full_params):
         share, hosts = pl.tables(self.placement, self.comm.world)
         self.hosts = hosts
-        self.model = TrainModel(self.mcfg, full_params, hosts, self.comm.rank)
+        self.model = TrainModel(self.mcfg, full_params, hosts, self.comm.rank, self.device)
         self.build_layers(share, hosts)
 
     def build_layers(self, share_LEW, hosts_LEW):
@@ -78,11 +92,13 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def step(self, step: int) -> StepRecord:
+        """Runs step index `step` (0-based: it picks the batch); the record counts from 1."""
         cfg, comm, m = self.cfg, self.comm, self.mcfg
         start = time.perf_counter()
         for ep in self.eps:
             ep.rows_done = 0
-        ids, targets = shard(cfg.seed, step, cfg.batch, cfg.seq, m.vocab_size, comm.rank, comm.world)
+        ids, targets = (t.to(self.device) for t in shard(cfg.seed, step, cfg.batch, cfg.seq, m.vocab_size,
+                                                         comm.rank, comm.world))
         ce, aux, z, counts_LE = self.model.forward(ids, targets, self.eps, comm, cfg.aux_free_rate > 0)
         loss = ce + cfg.aux_loss * aux + cfg.z_loss * z
         (loss / comm.world).backward()
@@ -93,18 +109,18 @@ class Trainer:
         for p in self.model.params().values():
             p.grad = None
         W = comm.world
-        packed = torch.zeros(2 + W + counts_LE.numel(), dtype=torch.float64)
+        packed = torch.zeros(2 + W + counts_LE.numel(), dtype=torch.float64, device=self.device)
         packed[0], packed[1] = ce.detach() / W, loss.detach() / W
         packed[2 + comm.rank] = sum(ep.rows_done for ep in self.eps)
         packed[2 + W:] = counts_LE.reshape(-1)
-        comm.all_reduce_sum(packed)
+        packed = comm.all_reduce_sum(packed).cpu()
         global_LE = packed[2 + W:].reshape(m.layers, m.experts)
         self.stats.update_all(global_LE)
         self.update_bias(global_LE)
         seconds = time.perf_counter() - start
         rows = packed[2:2 + W].tolist()
         work = np.array(rows) / np.array([cfg.speed(r) for r in range(W)])
-        rec = StepRecord(step, float(packed[1]), float(packed[0]), cfg.batch * cfg.seq / seconds,
+        rec = StepRecord(step + 1, float(packed[1]), float(packed[0]), cfg.batch * cfg.seq / seconds,
                          float(work.max() / max(work.mean(), 1e-12)), seconds, rows)
         self.history.append(rec)
         return rec
@@ -114,11 +130,12 @@ class Trainer:
         changes which experts are selected, never the combine weights."""
         if self.cfg.aux_free_rate > 0:
             err = global_LE.mean(-1, keepdim=True) - global_LE
-            self.model.score_bias += self.cfg.aux_free_rate * torch.sign(err).float()
+            self.model.score_bias += (self.cfg.aux_free_rate * torch.sign(err).float()).to(self.device)
 
     def sync_grads(self):
         comm, dense = self.comm, list(self.model.dense.values())
-        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in dense])
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=self.device)
+                          for p in dense])
         comm.all_reduce_sum(flat)
         at = 0
         for p in dense:
@@ -134,7 +151,7 @@ class Trainer:
         names = [expert_name(layer, k, e) for layer, e in replicated for k in EXPERT_KINDS]
         shapes = self.shapes()
         sizes = [shapes[split_name(n)[0].rpartition(".")[2]].numel() for n in names]
-        flat = torch.zeros(sum(sizes))
+        flat = torch.zeros(sum(sizes), device=self.device)
         at = 0
         for n, size in zip(names, sizes):
             p = self.model.experts.get(n)
@@ -183,15 +200,24 @@ class Trainer:
         ckpt.write_shard(ckpt.step_dir(root, step).with_suffix(".tmp"), self.comm.rank, self.owned())
         self.comm.barrier()
         if self.comm.rank == 0:
+            ckpt.set_aside(self.damaged)
             meta = {"step": step, "opt_step": self.opt.step_count, "devices": list(self.cfg.devices),
                     "speeds": [self.cfg.speed(r) for r in range(self.comm.world)],
                     "placement": self.placement.to_json(), "moved_bytes": self.moved_bytes,
                     "history": [vars(h) for h in self.history]}
             ckpt.commit(root, step, meta)
+        self.damaged = []
         self.comm.barrier()
 
-    def restore(self, path):
-        index = ckpt.read_index(path)
+    def restore(self, path: Path, index: dict):
+        try:
+            self.load(path, index)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise TrainError(f"checkpoint {path} has malformed metadata ({type(e).__name__}: {str(e)[:200]})") \
+                from None
+
+    def load(self, path: Path, index: dict):
+        """This rank's share of a checkpoint onto its device; the placement is re-planned when the ranks differ."""
         meta = index["meta"]
         same = meta["devices"] == list(self.cfg.devices) and meta["speeds"] == [
             self.cfg.speed(r) for r in range(self.comm.world)]
@@ -209,11 +235,12 @@ class Trainer:
         names = dense + experts
         got = ckpt.load_tensors(path, index, [f"{p}/{n}" for n in names for p in ("param", "m", "v")])
         self.hosts = hosts
-        self.model = TrainModel.from_tensors(self.mcfg, self.comm.rank, {n: got[f"param/{n}"] for n in dense},
+        self.model = TrainModel.from_tensors(self.mcfg, self.comm.rank, self.device,
+                                             {n: got[f"param/{n}"] for n in dense},
                                              {n: got[f"param/{n}"] for n in experts}, base["bias/score_bias"])
         for n in names:
-            self.opt.m[n], self.opt.v[n] = got[f"m/{n}"].clone(), got[f"v/{n}"].clone()
-        self.opt.step_count = meta["opt_step"]
-        self.start_step, self.moved_bytes = meta["step"], meta["moved_bytes"]
+            self.opt.m[n], self.opt.v[n] = (got[f"{k}/{n}"].to(self.device, copy=True) for k in ("m", "v"))
+        self.opt.step_count = int(meta["opt_step"])
+        self.start_step, self.moved_bytes = int(meta["step"]), int(meta["moved_bytes"])
         self.history = [StepRecord(**h) for h in meta["history"]]
         self.build_layers(share, hosts)

@@ -38,9 +38,8 @@ def test_interrupted_save_leaves_latest_checkpoint_intact(tmp_path):
     checkpoint.commit(root, 2, {"step": 2})
     tmp = checkpoint.prepare(root, 4)  # a crash after writing a shard of step 4, before commit
     checkpoint.write_shard(tmp, 0, {"param/w": torch.zeros(3)})
-    found = checkpoint.latest(root)
-    assert found.name == "step-00000002"
-    index = checkpoint.read_index(found)
+    found, index, damaged = checkpoint.newest_intact(root)
+    assert found.name == "step-00000002" and not damaged
     assert checkpoint.load_tensors(found, index, ["param/w"])["param/w"].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(TrainError, match="lacks 1 tensor"):
         checkpoint.load_tensors(found, index, ["param/missing"])
@@ -60,7 +59,7 @@ def test_print_command_is_a_torchrun_line(tmp_path):
     line = launch.print_command(cfg, tmp_path, nnodes=2, endpoint="node0:29500")
     assert "torch.distributed.run" in line and "--nnodes=2" in line and "--nproc-per-node=2" in line
     assert "--rdzv-endpoint=node0:29500" in line and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in line
-    assert (tmp_path / "train_config.json").exists()
+    assert (tmp_path / "command_config.json").exists() and "command_config.json" in line
 
 
 def test_cli_prints_the_torchrun_command(tmp_path, capsys):
