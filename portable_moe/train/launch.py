@@ -1,7 +1,7 @@
 """Builds the torchrun command for a TrainConfig and runs it on this machine (standalone rendezvous on
 127.0.0.1), drawing one progress line per step from rank 0's '@step' lines and collecting each rank's
-'@error' line; or prints the command for a multi-node launch. torchrun and its workers run in a process
-group of their own, so a timeout or an interrupt ends all of them."""
+'@error' line; or prints the command for a multi-node launch. A timeout or an interrupt ends torchrun
+(started in a session of its own) and every worker."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def run(cfg: TrainConfig, workdir: Path, max_restarts: int = 0, timeout_s: float
 
         def expire():
             result.timed_out = True
-            kill_group(proc)
+            kill_job(proc)
 
         timer = threading.Timer(timeout_s, expire) if timeout_s else None
         if timer:
@@ -124,7 +124,7 @@ def run(cfg: TrainConfig, workdir: Path, max_restarts: int = 0, timeout_s: float
                 read_line(line, result, cfg, show)
             result.returncode = proc.wait()
         except BaseException:  # an interrupt (Ctrl-C) or a bad line: no worker outlives the launcher
-            kill_group(proc)
+            kill_job(proc)
             proc.wait()
             raise
         finally:
@@ -152,9 +152,25 @@ def read_line(line: str, result: RunResult, cfg: TrainConfig, show):
         result.ranks = json.loads(line[len(DONE_PREFIX):])
 
 
-def kill_group(proc: subprocess.Popen):
-    """torchrun and every worker (they share its process group; workers hold its stdout open)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def kill_job(proc: subprocess.Popen):
+    """torchrun's process group, then each worker's: torchrun starts every worker in a session of its own,
+    and a worker left behind keeps the output pipe open."""
+    workers = children(proc.pid)  # before torchrun dies: then they are no longer its children
+    for leader in (proc.pid, *workers):
+        try:
+            os.killpg(leader, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid, from /proc (empty where there is none)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found

@@ -67,7 +67,11 @@ def start_checkpoints(cfg: TrainConfig, rank: int) -> TrainConfig:
     return cfg
 
 
-def train(cfg: TrainConfig, rank: int, out=print, phase: Phase | None = None) -> Trainer:
+def say(line: str):
+    print(line, flush=True)  # stdout is a pipe to the launcher: each line as it happens
+
+
+def train(cfg: TrainConfig, rank: int, out=say, phase: Phase | None = None) -> Trainer:
     phase = phase or Phase()
     torch.set_num_threads(1)
     cfg = start_checkpoints(cfg, rank)
