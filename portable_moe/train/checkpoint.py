@@ -160,7 +160,10 @@ def set_aside(damaged: list[Path]):
     as damaged-step-N for inspection), so pruning keeps intact ones."""
     for path in damaged:
         if path.is_dir():
-            os.replace(path, path.with_name("damaged-" + path.name))
+            kept = path.with_name("damaged-" + path.name)
+            if kept.exists():  # the same step damaged before: the newer copy is kept
+                shutil.rmtree(kept)
+            os.replace(path, kept)
 
 
 def load_tensors(path: Path, index: dict, names: list[str]) -> dict[str, torch.Tensor]:

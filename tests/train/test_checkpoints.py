@@ -102,3 +102,10 @@ def test_pruning_keeps_two_intact_checkpoints_once_damaged_ones_are_set_aside(tm
     save(tmp_path, 5, 5.0)
     assert [p.name for p in checkpoint.committed(tmp_path)] == ["step-00000004", "step-00000005"]
     assert (tmp_path / "damaged-step-00000006").is_dir()
+
+
+def test_a_step_damaged_twice_is_set_aside_twice(tmp_path):
+    for _ in range(2):
+        flip_bits(save(tmp_path, 6, 1.0) / "shard-00000.safetensors")
+        checkpoint.set_aside([checkpoint.step_dir(tmp_path, 6)])
+    assert checkpoint.committed(tmp_path) == [] and (tmp_path / "damaged-step-00000006").is_dir()
