@@ -62,8 +62,8 @@ class Trainer:
         if cfg.checkpoint and cfg.resume:
             path, index, damaged = ckpt.newest_intact(Path(cfg.checkpoint))
             self.damaged = list(damaged)
-            self.notes = [f"checkpoint {p.name} is damaged ({why}); resuming from {path.name}; it will be kept "
-                          f"as damaged-{p.name}" for p, why in damaged.items()]
+            self.notes = [f"checkpoint {p.name} is damaged ({why}); resuming from {path.name} (the next save "
+                          f"keeps it as damaged-{p.name})" for p, why in damaged.items()]
             self.restore(path, index)
         else:
             self.set_model(reference_params(m, cfg.seed))

@@ -28,7 +28,8 @@ def rank_tensors(model: TrainModel, opt: NamedAdamW) -> dict[str, torch.Tensor]:
 
 
 def test_a_rank_model_and_its_optimizer_state_live_on_the_rank_device():
-    # meta stands for a GPU: before the fix the dense part stayed on the CPU while the experts moved
+    # meta stands for a GPU: before the fix the model stayed on the CPU while the rank's expert kernels
+    # ran on its device ('found at least two devices, cuda:0 and cpu')
     mcfg = preset("debug")
     hosts = torch.zeros(mcfg.layers, mcfg.experts, 2, dtype=torch.bool)
     hosts[:, ::2, 1] = True
