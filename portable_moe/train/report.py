@@ -14,11 +14,12 @@ def summarize(steps: list[dict], ranks: list[dict], resumed_at: int = 0) -> list
     """A few human lines: loss first -> last, throughput, imbalance, bytes moved, backend per rank."""
     if not steps:
         return ["no steps ran"]
-    tps = [s["tokens_per_s"] for s in steps[1:]] or [steps[0]["tokens_per_s"]]
+    ran = [s for s in steps if s["step"] > resumed_at] or steps  # this run's steps (not the resumed run's)
+    tps = [s["tokens_per_s"] for s in ran[1:]] or [ran[0]["tokens_per_s"]]
     resumed = f" (resumed after step {resumed_at})" if resumed_at else ""
     lines = [f"loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f} over steps {steps[0]['step']}-"
              f"{steps[-1]['step']}{resumed}",
-             f"throughput {sorted(tps)[len(tps) // 2]:.0f} tokens/s (median, first step excluded)",
+             f"throughput {sorted(tps)[len(tps) // 2]:.0f} tokens/s (median, first step of this run excluded)",
              f"rank load imbalance (max/mean of rows/speed) last step {steps[-1]['imbalance']:.2f}",
              f"re-plan moved {sum(s.get('moved_bytes', 0) for s in steps) / 1e6:.3f} MB of expert weights"]
     for r in sorted(ranks, key=lambda r: r["rank"]):

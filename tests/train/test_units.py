@@ -87,11 +87,13 @@ def test_console_and_report_count_steps_alike_and_a_resumed_report_keeps_the_ear
     from portable_moe.train.report import write_report
     from portable_moe.train.trainer import StepRecord
 
-    records = [vars(StepRecord(step, 5.0 - step / 10, 4.0, 100.0, 1.0, 0.1, [1.0])) for step in range(1, 9)]
+    records = [vars(StepRecord(step, 5.0 - step / 10, 4.0, 100.0 * (step > 6), 1.0, 0.1, [1.0]))
+               for step in range(1, 9)]
     assert "step 8/8 " in launch.progress_line(records[-1] | {"moved_bytes": 0}, 8)
     result = launch.RunResult(0, steps=records[5:], history=records[:6])
     cfg = TrainConfig(devices=("cpu",), backends=("reference",), batch=2, steps=8)
     report = write_report(tmp_path, cfg, result.all_steps(), [], resumed_at=6)
     assert [s["step"] for s in report["steps"]] == list(range(1, 9))
     assert report["summary"][0] == "loss 4.9000 -> 4.2000 over steps 1-8 (resumed after step 6)"
+    assert report["summary"][1].startswith("throughput 100 tokens/s"), "only this run's steps count"
     assert (tmp_path / "loss.png").stat().st_size > 0
