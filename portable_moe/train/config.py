@@ -12,7 +12,8 @@ class TrainError(PortableMoeError):
     """A training setting is impossible, or a rank failed; the message names which and why."""
 
 
-PLACEMENTS = ("even", "balanced")
+PLACEMENTS = ("even", "balanced", "islands")
+ROUTINGS = ("island", "global")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +29,9 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 0.0
     seed: int = 0
-    placement: str = "balanced"         # initial placement: even | balanced (speed-proportional)
+    placement: str = "balanced"         # initial placement: even | balanced (speed-proportional) | islands
+    routing: str = "island"             # island: tokens follow the plan's by_node (islands as nodes) | global
+    bridge_gbps: float = 0.0            # emulate a bridge of this many GB/s between islands (0 = as is)
     replan_every: int = 0               # re-plan from load statistics every N steps (0 = never)
     max_move_bytes: int | None = None
     aux_loss: float = 0.0               # Switch/GShard load-balancing loss coefficient
@@ -57,6 +60,8 @@ class TrainConfig:
             raise TrainError(f"batch={self.batch} is not divisible by the {n} ranks; use a multiple of {n}")
         if self.placement not in PLACEMENTS:
             raise TrainError(f"placement={self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if self.routing not in ROUTINGS:
+            raise TrainError(f"routing={self.routing!r}; choose one of {', '.join(ROUTINGS)}")
         if self.slowdown not in ("repeat", "sleep"):
             raise TrainError(f"slowdown={self.slowdown!r}; choose repeat or sleep")
         if self.steps < 0 or self.replan_every < 0 or self.checkpoint_every < 0:

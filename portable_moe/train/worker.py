@@ -39,7 +39,7 @@ def maybe_fail(cfg: TrainConfig, rank: int, step: int):
 def train(cfg: TrainConfig, rank: int, out=print) -> Trainer:
     torch.set_num_threads(1)
     init_world(rank, cfg.world, cfg.bridge, cfg.timeout_s)
-    comm = Comm(rank, list(cfg.devices), cfg.bridge, cfg.native_backends(), cfg.timeout_s)
+    comm = Comm(rank, list(cfg.devices), cfg.bridge, cfg.native_backends(), cfg.timeout_s, cfg.bridge_gbps)
     trainer = Trainer(cfg, comm)
     for step in range(trainer.start_step, cfg.steps):
         maybe_fail(cfg, rank, step)
