@@ -111,12 +111,14 @@ class StepPrediction:
 def predict(cluster: balance.Cluster, links: Links, work: Workload, placement: balance.Placement,
             routing: str = "global", loads: np.ndarray | None = None) -> StepPrediction:
     """The step time of `placement` on `cluster` (throughput = achieved FLOP/s) for `work`; `loads` [L, E]
-    are relative expert loads (uniform when None); routing 'island' follows the plan's by_node."""
+    are relative expert loads (uniform when None); routing 'island' follows the plan's by_node, whose nodes
+    are the vendor islands in order of first appearance."""
     devs, W = cluster.devices, cluster.num_devices
     L, E = placement.num_layers, placement.num_experts
     frac_LE = np.ones((L, E)) if loads is None else np.asarray(loads, float)
     frac_LE = frac_LE / frac_LE.sum(1, keepdims=True)
-    node = cluster.node
+    names = [d.vendor for d in devs]
+    node = np.array([list(dict.fromkeys(names)).index(v) for v in names])  # islands, numbered like by_node
     T_r = work.tokens / W
     cls_WW = np.array([[link_class(devs, a, b) for b in range(W)] for a in range(W)])
     pairs_W = np.zeros(W)                       # routed pairs each rank serves
@@ -164,5 +166,6 @@ def all_reduce_time(cluster: balance.Cluster, links: Links, nbytes: float, calls
 
 def fluid_bound(cluster: balance.Cluster, work: Workload) -> float:
     """Compute only, spread over the devices in proportion to throughput: no step can be faster."""
-    flops = work.tokens * (work.dense_flops_per_token + work.top_k * EXPERT_FLOPS * work.hidden * work.expert_ffn)
+    expert = work.layers * work.top_k * EXPERT_FLOPS * work.hidden * work.expert_ffn
+    flops = work.tokens * (work.dense_flops_per_token + expert)
     return flops / cluster.throughput.sum()
