@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from portable_moe import balance
-from portable_moe.models import load_config, preset
-from portable_moe.train import TrainConfig
+from portable_moe.models import MoEConfig, load_config, preset
+from portable_moe.train import TrainConfig, config_from_json
 from portable_moe.train import placement as pl
 from portable_moe.train import stepmodel as sm
 from portable_moe.train.islands import island_plan
@@ -45,6 +45,8 @@ def main():
     p.add_argument("--islands", action="store_true", help="vendor islands: routing, bridge, step-time model")
     p.add_argument("--project", action="store_true", help="step-time model projections to GPU clusters")
     p.add_argument("--bridge-gbps", default="3,0.03", help="slowed bridges to measure (GB/s), comma-separated")
+    p.add_argument("--save", default="", help="with --islands: write the measurements to this JSON file")
+    p.add_argument("--load", default="", help="with --islands: re-analyse measurements saved by --save")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--speeds", default="1,0.25")
     p.add_argument("--per-rank-batch", type=int, default=16)
@@ -96,15 +98,16 @@ def measure(cfg: TrainConfig, work: Path) -> dict:
     steps = result.steps[2:] or result.steps
     med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
     ranks = lambda key: statistics.median(statistics.mean(s[key]) for s in steps)  # noqa: E731
-    return {"cfg": cfg, "step_s": med("seconds"), "bridge": med("bridge_bytes"), "tokens": med("token_bridge_bytes"),
+    return {"cfg": json.loads(cfg.to_json()), "model": load_config(cfg.model).to_dict(), "step_s": med("seconds"),
+            "bridge": med("bridge_bytes"), "tokens": med("token_bridge_bytes"),
             "island": med("island_bytes"), "compute": ranks("rank_compute_s"), "a2a": ranks("rank_all_to_all_s"),
             "allreduce": ranks("rank_all_reduce_s")}
 
 
-def cpu_model(cfg: TrainConfig, flops: float, bw: float, alpha: float):
-    """The step-time model for a CPU job: gloo's bandwidth inside islands, gloo then the emulated bridge
-    (serially: the sleep follows the transfer) across; throughput shared among ranks beyond CORES."""
-    m = load_config(cfg.model)
+def cpu_model(r: dict, flops: float, bw: float, alpha: float):
+    """The step-time model for a measured CPU job: gloo's bandwidth inside islands, gloo then the emulated
+    bridge (serially: the sleep follows the transfer) across; throughput shared among ranks beyond CORES."""
+    cfg, m = config_of(r), MoEConfig(**r["model"])
     L, E = m.layers, m.experts
     expert_bytes = 3 * m.hidden * m.expert_ffn * 4
     cluster = pl.cluster_of(cfg, E, expert_bytes)
@@ -121,8 +124,8 @@ def cpu_model(cfg: TrainConfig, flops: float, bw: float, alpha: float):
 def calibrate(runs: list[dict]) -> tuple[float, float, float]:
     """-> (FLOP/s of one rank alone on a core, gloo bytes/s, seconds per collective call), least squares
     over the calibration runs' per-rank compute, all-to-all and all-reduce seconds."""
-    unit = [cpu_model(r["cfg"], 1.0, 1.0, 0.0) for r in runs]   # compute in FLOP, comm in bytes
-    calls = [cpu_model(r["cfg"], 1.0, 1e30, 1.0) for r in runs]  # comm in calls
+    unit = [cpu_model(r, 1.0, 1.0, 0.0) for r in runs]   # compute in FLOP, comm in bytes
+    calls = [cpu_model(r, 1.0, 1e30, 1.0) for r in runs]  # comm in calls
     flops = statistics.median(float(u.compute_s.mean()) / r["compute"] for u, r in zip(unit, runs))
     rows, rhs = [], []
     for u, c, r in zip(unit, calls, runs):
@@ -132,7 +135,14 @@ def calibrate(runs: list[dict]) -> tuple[float, float, float]:
     return flops, 1.0 / max(inv_bw, 1e-12), max(alpha, 0.0)
 
 
+def config_of(r: dict) -> TrainConfig:
+    return config_from_json(json.dumps(r["cfg"]))
+
+
 def islands(args):
+    if args.load:
+        measured = json.loads(Path(args.load).read_text())
+        return island_table(measured, measured[0]["calibration_runs"])
     bridges = [float(b) for b in args.bridge_gbps.split(",")]
     per_rank = args.per_rank_batch
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,27 +157,39 @@ def islands(args):
         calib = [base, base.with_(routing="global"), two]
         checks = [c.with_(bridge_gbps=b) for b in bridges for c in (base, base.with_(routing="global"), two)]
         checks += [base.with_(placement="even", routing="global", bridge_gbps=bridges[-1])]
-        measured = [measure(c, work / f"run{i}") for i, c in enumerate(calib + checks)]
-    flops, bw, alpha = calibrate(measured[:len(calib)])
-    print(f"4 ranks = 2 islands (cpu@nvidia x2, cpu@amd x2) / 2 ranks = 2 islands of 1; {per_rank}x{args.seq} "
-          f"tokens per rank per step, hidden {args.hidden}, expert_ffn {args.expert_ffn}, 8 experts top-2, "
-          f"{args.steps} steps (median of steps 3..)")
-    print(f"calibrated on the first {len(calib)} runs (no slowed bridge): {flops / 1e9:.2f} GFLOP/s per rank alone, "
+        measured = []
+        for i, c in enumerate(calib + checks):
+            measured.append(measure(c, work / f"run{i}") | {"calibration_runs": len(calib)})
+            if args.save:
+                Path(args.save).write_text(json.dumps(measured, indent=1))
+    island_table(measured, len(calib))
+
+
+def island_table(measured: list[dict], n_calib: int):
+    flops, bw, alpha = calibrate(measured[:n_calib])
+    c0, m0 = config_of(measured[0]), measured[0]["model"]
+    print(f"4 ranks = 2 islands (cpu@nvidia x2, cpu@amd x2) / 2 ranks = 2 islands of 1; {c0.batch // c0.world}x"
+          f"{c0.seq} tokens per rank per step, hidden {m0['hidden']}, expert_ffn {m0['expert_ffn']}, 8 experts "
+          f"top-2, {c0.steps} steps (median of steps 3..)")
+    print(f"calibrated on the first {n_calib} runs (no slowed bridge): {flops / 1e9:.2f} GFLOP/s per rank alone, "
           f"gloo {bw / 1e9:.3f} GB/s, {alpha * 1e3:.2f} ms per collective call")
     print("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
           "measured s/step | model s/step | error | efficiency (model / measured) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(measured):
-        c = r["cfg"]
-        pred = cpu_model(c, flops, bw, alpha)
-        kind = "calibration" if i < len(calib) else "check"
+        c = config_of(r)
+        pred = cpu_model(r, flops, bw, alpha)
+        kind = "calibration" if i < n_calib else "check"
         print(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
               f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | {r['step_s']:.3f} | "
               f"{pred.serial_s:.3f} | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
               f"{100 * pred.serial_s / r['step_s']:.0f}% |")
-    for b in bridges:
-        isl, glo = (next(r for r in measured[len(calib):] if r["cfg"].bridge_gbps == b and r["cfg"].world == 4
-                         and r["cfg"].placement == "islands" and r["cfg"].routing == k) for k in ("island", "global"))
+    checks = [(config_of(r), r) for r in measured[n_calib:]]
+    for b in sorted({c.bridge_gbps for c, _ in checks}, reverse=True):
+        isl, glo = (next((r for c, r in checks if c.bridge_gbps == b and c.world == 4 and c.placement == "islands"
+                          and c.routing == k), None) for k in ("island", "global"))
+        if not (isl and glo):
+            continue
         print(f"bridge {b} GB/s: global / island routing: bridge bytes {glo['bridge'] / isl['bridge']:.2f}x, "
               f"step time {glo['step_s'] / isl['step_s']:.2f}x")
 

@@ -145,10 +145,11 @@ def onnx_export(graph, params, device, out):
 
 
 def training(graph, params, device, out):
-    """Expert-parallel training: two gloo ranks on different backends, the balancer re-planning mid-run."""
-    from ..train.demo import demo
+    """Expert-parallel training: two gloo ranks on different backends, the balancer re-planning mid-run;
+    then two emulated vendor islands behind a slowed bridge, tokens kept in their island."""
+    from ..train.demo import demo, island_demo
 
-    for line in demo():
+    for line in demo() + island_demo():
         print(line)
 
 

@@ -60,6 +60,8 @@ class TrainConfig:
             raise TrainError(f"batch={self.batch} is not divisible by the {n} ranks; use a multiple of {n}")
         if self.placement not in PLACEMENTS:
             raise TrainError(f"placement={self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if not 0 <= self.bridge_gbps < float("inf"):
+            raise TrainError(f"bridge_gbps={self.bridge_gbps} must be a finite number >= 0 (0 = no slowdown)")
         if self.routing not in ROUTINGS:
             raise TrainError(f"routing={self.routing!r}; choose one of {', '.join(ROUTINGS)}")
         if self.slowdown not in ("repeat", "sleep"):

@@ -80,3 +80,24 @@ def test_islands_resume_from_checkpoint_follows_the_curve(island_run, tmp_path):
     assert [s["step"] for s in resumed.steps] == [2]
     assert resumed.losses == pytest.approx(first.losses[2:], rel=1e-5)
     assert resumed.steps[0]["token_bridge_bytes"] == 0
+
+
+def test_replan_and_migration_keep_island_routing_and_the_maths(tmp_path):
+    cfg = TrainConfig(devices=("cpu@nvidia", "cpu@amd"), backends=("reference",) * 2, speeds=(1.0, 0.5), steps=4,
+                      batch=4, seq=8, placement="balanced", replan_every=2, max_move_bytes=1 << 30, aux_loss=0.01)
+    home = ok(run_job(cfg, tmp_path / "island"))
+    away = ok(run_job(cfg.with_(routing="global"), tmp_path / "global"))
+    assert sum(s["moved_bytes"] for s in home.steps) > 0, "the re-plan should migrate experts"
+    assert home.losses == pytest.approx(away.losses, rel=1e-4)
+    for a, b in zip(home.steps, away.steps):
+        assert a["token_bridge_bytes"] < b["token_bridge_bytes"], (a, b)
+
+
+def test_island_replan_respects_the_move_budget_and_stays_home():
+    cluster = cluster_of(ISLANDS, 8, 1000)
+    rng = np.random.default_rng(1)
+    first = island_plan(np.ones((2, 8)), cluster, 1000)
+    again = island_plan(rng.gamma(0.5, size=(2, 8)) + 0.01, cluster, 1000, previous=first, max_move_bytes=2000)
+    assert again.moved_bytes <= 2000
+    balance.validate_placement(again, cluster)
+    assert route_tables(again, 4, 1, "island")[:, :, 2:].sum(-1).numpy() == pytest.approx(np.ones((2, 8)))
