@@ -116,23 +116,29 @@ def cpu_model(r: dict, flops: float, bw: float, alpha: float):
                     for d in cluster.devices)
     bridge = bw if not cfg.bridge_gbps else 1 / (1 / bw + 1 / (cfg.bridge_gbps * 1e9))
     links = sm.Links(same_node=bw / 1e9, other_node=bw / 1e9, other_vendor=bridge / 1e9, latency_s=alpha)
-    work = sm.workload_of(m, cfg.batch * cfg.seq, cfg.seq, act_bytes=4, dispatch_bytes=4, grad_bytes=8)
+    work = sm.workload_of(m, cfg.batch * cfg.seq, cfg.seq, act_bytes=4, dispatch_bytes=4, grad_bytes=4)
     placement = pl.initial(cfg, L, E, expert_bytes)
     return sm.predict(balance.Cluster(devices), links, work, placement, cfg.routing)
 
 
-def calibrate(runs: list[dict]) -> tuple[float, float, float]:
-    """-> (FLOP/s of one rank alone on a core, gloo bytes/s, seconds per collective call), least squares
-    over the calibration runs' per-rank compute, all-to-all and all-reduce seconds."""
-    unit = [cpu_model(r, 1.0, 1.0, 0.0) for r in runs]   # compute in FLOP, comm in bytes
-    calls = [cpu_model(r, 1.0, 1e30, 1.0) for r in runs]  # comm in calls
-    flops = statistics.median(float(u.compute_s.mean()) / r["compute"] for u, r in zip(unit, runs))
-    rows, rhs = [], []
-    for u, c, r in zip(unit, calls, runs):
-        rows += [[u.all_to_all_s.mean(), c.all_to_all_s.mean()], [u.all_reduce_s, c.all_reduce_s]]
-        rhs += [r["a2a"], r["allreduce"]]
-    inv_bw, alpha = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
-    return flops, 1.0 / max(inv_bw, 1e-12), max(alpha, 0.0)
+def calibrate(runs: list[dict]) -> dict[int, tuple[float, float, float]]:
+    """Per rank count (oversubscribed cores change both): (FLOP/s of one rank alone on a core, gloo bytes/s,
+    seconds per collective call), least squares over the calibration runs' per-rank compute, all-to-all
+    and all-reduce seconds. Where bytes do not explain the time (latency-bound), bandwidth is left infinite."""
+    out = {}
+    for world in sorted({len(r["cfg"]["devices"]) for r in runs}):
+        mine = [r for r in runs if len(r["cfg"]["devices"]) == world]
+        unit = [cpu_model(r, 1.0, 1.0, 0.0) for r in mine]   # compute in FLOP, comm in bytes
+        calls = [cpu_model(r, 1.0, 1e30, 1.0) for r in mine]  # comm in calls
+        flops = statistics.median(float(u.compute_s.mean()) / r["compute"] for u, r in zip(unit, mine))
+        rows = np.array([[u.all_to_all_s.mean(), c.all_to_all_s.mean()] for u, c in zip(unit, calls)]
+                        + [[u.all_reduce_s, c.all_reduce_s] for u, c in zip(unit, calls)])
+        rhs = np.array([r["a2a"] for r in mine] + [r["allreduce"] for r in mine])
+        inv_bw, alpha = np.linalg.lstsq(rows, rhs, rcond=None)[0]
+        if inv_bw <= 0:
+            inv_bw, alpha = 1e-30, float(rows[:, 1] @ rhs / (rows[:, 1] @ rows[:, 1]))
+        out[world] = (flops, 1.0 / inv_bw, max(alpha, 0.0))
+    return out
 
 
 def config_of(r: dict) -> TrainConfig:
@@ -166,20 +172,22 @@ def islands(args):
 
 
 def island_table(measured: list[dict], n_calib: int):
-    flops, bw, alpha = calibrate(measured[:n_calib])
+    params = calibrate(measured[:n_calib])
     c0, m0 = config_of(measured[0]), measured[0]["model"]
     print(f"4 ranks = 2 islands (cpu@nvidia x2, cpu@amd x2) / 2 ranks = 2 islands of 1; {c0.batch // c0.world}x"
           f"{c0.seq} tokens per rank per step, hidden {m0['hidden']}, expert_ffn {m0['expert_ffn']}, 8 experts "
           f"top-2, {c0.steps} steps (median of steps 3..)")
-    print(f"calibrated on the first {n_calib} runs (no slowed bridge): {flops / 1e9:.2f} GFLOP/s per rank alone, "
-          f"gloo {bw / 1e9:.3f} GB/s, {alpha * 1e3:.2f} ms per collective call")
+    for world, (flops, bw, alpha) in params.items():
+        print(f"calibrated on the {world}-rank runs without a slowed bridge: {flops / 1e9:.2f} GFLOP/s per rank "
+              f"alone, gloo {'latency-bound' if bw > 1e20 else f'{bw / 1e9:.2f} GB/s'}, "
+              f"{alpha * 1e3:.2f} ms per collective call")
     print("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
           "measured s/step | model s/step | error | efficiency (model / measured) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(measured):
         c = config_of(r)
-        pred = cpu_model(r, flops, bw, alpha)
-        kind = "calibration" if i < n_calib else "check"
+        pred = cpu_model(r, *params[c.world])
+        kind = "calibration" if i < n_calib else "prediction"
         print(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
               f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | {r['step_s']:.3f} | "
               f"{pred.serial_s:.3f} | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
@@ -188,10 +196,9 @@ def island_table(measured: list[dict], n_calib: int):
     for b in sorted({c.bridge_gbps for c, _ in checks}, reverse=True):
         isl, glo = (next((r for c, r in checks if c.bridge_gbps == b and c.world == 4 and c.placement == "islands"
                           and c.routing == k), None) for k in ("island", "global"))
-        if not (isl and glo):
-            continue
-        print(f"bridge {b} GB/s: global / island routing: bridge bytes {glo['bridge'] / isl['bridge']:.2f}x, "
-              f"step time {glo['step_s'] / isl['step_s']:.2f}x")
+        if isl and glo:
+            print(f"bridge {b} GB/s: global / island routing: bridge bytes {glo['bridge'] / isl['bridge']:.2f}x, "
+                  f"step time {glo['step_s'] / isl['step_s']:.2f}x")
 
 
 # -- projections -------------------------------------------------------------------------------------------
@@ -250,8 +257,8 @@ def project():
           "(gamma(2), seed 0), bridge 3 GB/s, 400 GB/s in a node, 50 GB/s between nodes, 20 us per call; "
           f"{int(MEMORY_FOR_EXPERTS * 100)}% of memory for experts; bf16 gradients")
     print("| model | cluster | GPUs | placement | routing | step s (no overlap) | step s (overlap) | "
-          "efficiency vs fluid bound (no overlap / overlap) | bridge GB/step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "efficiency vs fluid bound (no overlap / overlap) | bridge GB/step | overlap, sharded bridge: s (eff.) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     links = sm.Links()
     for mname, (pname, dispatch) in MODELS.items():
         m = preset(pname)
@@ -265,13 +272,15 @@ def project():
                 for plname, got in placements(loads, cluster, expert_bytes, cluster).items():
                     head = f"| {mname} | {cname} | {cluster.num_devices} | {plname} |"
                     if isinstance(got, str):
-                        print(f"{head} - | infeasible: {got} | | | |")
+                        print(f"{head} - | infeasible: {got} | | | | |")
                         continue
                     placement, routing = got
                     pred = sm.predict(cluster, links, work, placement, routing, loads)
-                    print(f"{head} {routing} | {pred.serial_s:.2f} | {pred.overlap_s:.2f} | "
+                    wide = sm.predict(cluster, links, work, placement, routing, loads, sharded_bridge=True)
+                    print(f"{head} {routing} | {pred.serial_s:.1f} | {pred.overlap_s:.1f} | "
                           f"{100 * bound / pred.serial_s:.0f}% / {100 * bound / pred.overlap_s:.0f}% | "
-                          f"{pred.bridge_bytes / 1e9:.1f} |")
+                          f"{pred.bridge_bytes / 1e9:.0f} | {wide.overlap_s:.1f} "
+                          f"({100 * bound / wide.overlap_s:.0f}%) |")
 
 
 if __name__ == "__main__":

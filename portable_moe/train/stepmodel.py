@@ -109,10 +109,12 @@ class StepPrediction:
 
 
 def predict(cluster: balance.Cluster, links: Links, work: Workload, placement: balance.Placement,
-            routing: str = "global", loads: np.ndarray | None = None) -> StepPrediction:
+            routing: str = "global", loads: np.ndarray | None = None, sharded_bridge: bool = False) -> StepPrediction:
     """The step time of `placement` on `cluster` (throughput = achieved FLOP/s) for `work`; `loads` [L, E]
     are relative expert loads (uniform when None); routing 'island' follows the plan's by_node, whose nodes
-    are the vendor islands in order of first appearance."""
+    are the vendor islands in order of first appearance. sharded_bridge: every rank carries 1/n of its
+    island's bridge traffic (reduce-scatter, bridge, all-gather: not what Comm does today, which sends it
+    all through the island leaders)."""
     devs, W = cluster.devices, cluster.num_devices
     L, E = placement.num_layers, placement.num_experts
     frac_LE = np.ones((L, E)) if loads is None else np.asarray(loads, float)
@@ -142,12 +144,13 @@ def predict(cluster: balance.Cluster, links: Links, work: Workload, placement: b
     count, _ = placement.dense(W)
     replicated = int(((count > 0).sum(-1) > 1).sum())
     grads = (work.dense_params + replicated * work.expert_params) * work.grad_bytes
-    ar, ar_bridge, ar_island = all_reduce_time(cluster, links, grads, calls=L + 3)
+    ar, ar_bridge, ar_island = all_reduce_time(cluster, links, grads, L + 3, sharded_bridge)
     return StepPrediction(compute, a2a, ar, float(out_bytes[:, 2].sum() + ar_bridge),
                           float(out_bytes[:, :2].sum() + ar_island))
 
 
-def all_reduce_time(cluster: balance.Cluster, links: Links, nbytes: float, calls: int) -> tuple[float, float, float]:
+def all_reduce_time(cluster: balance.Cluster, links: Links, nbytes: float, calls: int,
+                    sharded_bridge: bool = False) -> tuple[float, float, float]:
     """Hierarchical all-reduce of nbytes: ring inside each island (its slowest link), ring between island
     leaders over the bridge, broadcast inside each island -> (seconds, bridge bytes, island bytes)."""
     devs = cluster.devices
@@ -158,8 +161,10 @@ def all_reduce_time(cluster: balance.Cluster, links: Links, nbytes: float, calls
     inside = max((ring(len(r)) + nbytes * (len(r) - 1) / len(r)) /
                  links.bandwidth(max(link_class(devs, r[0], b) for b in r)) for r in islands.values())
     m = len(islands)
-    bridge = ring(m) / links.bandwidth(2) if m > 1 else 0.0
-    stages = (2 if m > 1 else 0) + (1 if m > 1 else 0) + 1
+    lanes = min(len(r) for r in islands.values()) if sharded_bridge else 1
+    bridge = ring(m) / lanes / links.bandwidth(2) if m > 1 else 0.0
+    biggest = max(len(r) for r in islands.values())
+    stages = (2 if biggest > 1 else 0) + (1 if m > 1 else 0) if m > 1 else 1
     island_bytes = sum(len(r) * (ring(len(r)) + nbytes * (len(r) - 1) / len(r)) for r in islands.values())
     return inside + bridge + calls * stages * links.latency_s, m * ring(m), island_bytes
 

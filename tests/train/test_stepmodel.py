@@ -55,3 +55,14 @@ def test_links_parse_the_cluster_files_classes():
         sm.links_from_json({"pcie": 3})
     with pytest.raises(TrainError, match="positive"):
         sm.links_from_json({"same_node": 0})
+
+
+def test_sharded_bridge_spreads_the_leaders_ring_over_the_island():
+    vendors = ["nvidia"] * 2 + ["amd"] * 2
+    devs = tuple(balance.Device(f"g{i}", v, "x", i // 2, 1.0, 10**9) for i, v in enumerate(vendors))
+    links = sm.Links(latency_s=0.0)
+    leaders = sm.all_reduce_time(balance.Cluster(devs), links, 1e6, 0)
+    sharded = sm.all_reduce_time(balance.Cluster(devs), links, 1e6, 0, sharded_bridge=True)
+    inside = (1e6 + 0.5e6) / 400e9   # ring of 2 in the node, then the leader's broadcast
+    assert leaders[0] == pytest.approx(inside + 1e6 / 3e9)
+    assert sharded[0] == pytest.approx(inside + 0.5e6 / 3e9)
