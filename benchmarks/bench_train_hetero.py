@@ -47,6 +47,8 @@ def main():
     p.add_argument("--bridge-gbps", default="3,0.03", help="slowed bridges to measure (GB/s), comma-separated")
     p.add_argument("--save", default="", help="with --islands: write the measurements to this JSON file")
     p.add_argument("--load", default="", help="with --islands: re-analyse measurements saved by --save")
+    p.add_argument("--pairs", type=int, default=0, help="with --islands: only island vs global routing, "
+                   "alternating, N times per bridge (ratios robust to a shared machine's drifting load)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--speeds", default="1,0.25")
     p.add_argument("--per-rank-batch", type=int, default=16)
@@ -99,7 +101,7 @@ def measure(cfg: TrainConfig, work: Path) -> dict:
     med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
     ranks = lambda key: statistics.median(statistics.mean(s[key]) for s in steps)  # noqa: E731
     return {"cfg": json.loads(cfg.to_json()), "model": load_config(cfg.model).to_dict(), "step_s": med("seconds"),
-            "bridge": med("bridge_bytes"), "tokens": med("token_bridge_bytes"),
+            "bridge": med("bridge_bytes"), "tokens": med("token_bridge_bytes"), "imbalance": med("imbalance"),
             "island": med("island_bytes"), "compute": ranks("rank_compute_s"), "a2a": ranks("rank_all_to_all_s"),
             "allreduce": ranks("rank_all_reduce_s")}
 
@@ -151,6 +153,8 @@ def islands(args):
         return island_table(measured, measured[0]["calibration_runs"])
     bridges = [float(b) for b in args.bridge_gbps.split(",")]
     per_rank = args.per_rank_batch
+    if args.pairs:
+        return paired(args, bridges)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = work / "model.json"
@@ -171,6 +175,25 @@ def islands(args):
     island_table(measured, len(calib))
 
 
+def paired(args, bridges: list[float]):
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = work / "model.json"
+        model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
+                                     "head_dim": args.hidden // 4}))
+        base = TrainConfig(model=str(model), devices=ISLAND_DEVICES, backends=("reference",) * 4, steps=args.steps,
+                           batch=args.per_rank_batch * 4, seq=args.seq, placement="islands")
+        print("| bridge GB/s | island routing s/step | global routing s/step | global / island (median of pairs) | "
+              "bridge bytes global / island |")
+        print("|---|---|---|---|---|")
+        for b in bridges:
+            got = [[measure(base.with_(bridge_gbps=b, routing=k), work / f"{b}-{i}-{k}") for k in ("island", "global")]
+                   for i in range(args.pairs)]
+            ratio = statistics.median(g["step_s"] / i["step_s"] for i, g in got)
+            isl, glo = (statistics.median(p[j]["step_s"] for p in got) for j in (0, 1))
+            print(f"| {b} | {isl:.3f} | {glo:.3f} | {ratio:.3f} | {got[0][1]['bridge'] / got[0][0]['bridge']:.2f}x |")
+
+
 def island_table(measured: list[dict], n_calib: int):
     params = calibrate(measured[:n_calib])
     c0, m0 = config_of(measured[0]), measured[0]["model"]
@@ -182,14 +205,15 @@ def island_table(measured: list[dict], n_calib: int):
               f"alone, gloo {'latency-bound' if bw > 1e20 else f'{bw / 1e9:.2f} GB/s'}, "
               f"{alpha * 1e3:.2f} ms per collective call")
     print("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
-          "measured s/step | model s/step | error | efficiency (model / measured) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "rank imbalance | measured s/step | model s/step | error | efficiency (model / measured) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(measured):
         c = config_of(r)
         pred = cpu_model(r, *params[c.world])
         kind = "calibration" if i < n_calib else "prediction"
         print(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
-              f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | {r['step_s']:.3f} | "
+              f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | "
+              f"{r.get('imbalance', float('nan')):.2f} | {r['step_s']:.3f} | "
               f"{pred.serial_s:.3f} | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
               f"{100 * pred.serial_s / r['step_s']:.0f}% |")
     checks = [(config_of(r), r) for r in measured[n_calib:]]

@@ -58,16 +58,23 @@ def island_index(devices) -> list[int]:
 
 class Bridge:
     """Emulates a slower bridge: after a transfer, sleep bytes / bandwidth (GB/s = 1e9 bytes/s per rank
-    and direction). gbps 0 = as fast as the underlying transport."""
+    and direction). Delays under MIN_SLEEP_S are carried over and slept together: on a loaded machine
+    every sleep can cost a scheduler time slice, which would swamp microsecond delays. gbps 0 = as fast
+    as the underlying transport."""
+
+    MIN_SLEEP_S = 2e-3
 
     def __init__(self, gbps: float):
         if gbps < 0 or not math.isfinite(gbps):
             raise TrainError(f"bridge_gbps={gbps!r} must be a finite number >= 0 (0 = no slowdown)")
-        self.gbps = gbps
+        self.gbps, self.owed = gbps, 0.0
 
     def delay(self, nbytes: float):
         if self.gbps > 0 and nbytes > 0:
-            time.sleep(nbytes / (self.gbps * 1e9))
+            self.owed += nbytes / (self.gbps * 1e9)
+            if self.owed >= self.MIN_SLEEP_S:
+                time.sleep(self.owed)
+                self.owed = 0.0
 
 
 class Traffic:

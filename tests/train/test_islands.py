@@ -101,3 +101,15 @@ def test_island_replan_respects_the_move_budget_and_stays_home():
     assert again.moved_bytes <= 2000
     balance.validate_placement(again, cluster)
     assert route_tables(again, 4, 1, "island")[:, :, 2:].sum(-1).numpy() == pytest.approx(np.ones((2, 8)))
+
+
+def test_progress_line_and_config_show_the_bridge():
+    from portable_moe.train.launch import progress_line
+
+    rec = {"step": 0, "loss": 1.0, "tokens_per_s": 10.0, "imbalance": 1.0, "bridge_bytes": 2e6, "island_bytes": 5e6,
+           "rank_compute_s": [0.5, 0.4], "rank_all_to_all_s": [0.3, 0.2], "rank_all_reduce_s": [0.2, 0.1]}
+    assert progress_line(rec, 4).endswith("bridge 2.00 MB island 5.00 MB a2a 30% allreduce 20%")
+    with pytest.raises(TrainError, match="bridge_gbps"):
+        TrainConfig(bridge_gbps=-1.0)
+    with pytest.raises(TrainError, match="routing"):
+        TrainConfig(routing="nearest")
