@@ -205,7 +205,8 @@ def island_table(measured: list[dict], n_calib: int):
               f"alone, gloo {'latency-bound' if bw > 1e20 else f'{bw / 1e9:.2f} GB/s'}, "
               f"{alpha * 1e3:.2f} ms per collective call")
     print("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
-          "rank imbalance | measured s/step | model s/step | error | efficiency (model / measured) |")
+          "rank imbalance | measured s/step (compute) | model s/step (compute) | error | "
+          "efficiency (model / measured) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(measured):
         c = config_of(r)
@@ -213,8 +214,8 @@ def island_table(measured: list[dict], n_calib: int):
         kind = "calibration" if i < n_calib else "prediction"
         print(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
               f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | "
-              f"{r.get('imbalance', float('nan')):.2f} | {r['step_s']:.3f} | "
-              f"{pred.serial_s:.3f} | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
+              f"{r.get('imbalance', float('nan')):.2f} | {r['step_s']:.3f} ({r['compute']:.3f}) | "
+              f"{pred.serial_s:.3f} ({pred.compute_s.mean():.3f}) | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
               f"{100 * pred.serial_s / r['step_s']:.0f}% |")
     checks = [(config_of(r), r) for r in measured[n_calib:]]
     for b in sorted({c.bridge_gbps for c, _ in checks}, reverse=True):
