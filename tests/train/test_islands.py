@@ -83,14 +83,18 @@ def test_islands_resume_from_checkpoint_follows_the_curve(island_run, tmp_path):
 
 
 def test_replan_and_migration_keep_island_routing_and_the_maths(tmp_path):
-    cfg = TrainConfig(devices=("cpu@nvidia", "cpu@amd"), backends=("reference",) * 2, speeds=(1.0, 0.5), steps=4,
-                      batch=4, seq=8, placement="balanced", replan_every=2, max_move_bytes=1 << 30, aux_loss=0.01)
+    """Even placement has no by_node; the re-plan after step 2 brings one (islands as nodes), migrates experts,
+    and from then on island routing keeps more tokens home than global routing, with the same losses."""
+    cfg = TrainConfig(devices=("cpu@nvidia", "cpu@amd"), backends=("reference",) * 2, speeds=(1.0, 0.25), steps=4,
+                      batch=4, seq=8, placement="even", replan_every=2, max_move_bytes=1 << 30, aux_loss=0.01)
     home = ok(run_job(cfg, tmp_path / "island"))
     away = ok(run_job(cfg.with_(routing="global"), tmp_path / "global"))
     assert sum(s["moved_bytes"] for s in home.steps) > 0, "the re-plan should migrate experts"
     assert home.losses == pytest.approx(away.losses, rel=1e-4)
-    for a, b in zip(home.steps, away.steps):
-        assert a["token_bridge_bytes"] < b["token_bridge_bytes"], (a, b)
+    before = [(a["token_bridge_bytes"], b["token_bridge_bytes"]) for a, b in zip(home.steps[:2], away.steps[:2])]
+    after = [(a["token_bridge_bytes"], b["token_bridge_bytes"]) for a, b in zip(home.steps[2:], away.steps[2:])]
+    assert all(x == y for x, y in before), before
+    assert all(x < y for x, y in after), after
 
 
 def test_island_replan_respects_the_move_budget_and_stays_home():
