@@ -51,6 +51,18 @@ def links_from_json(obj: dict | None, latency_s: float = 20e-6) -> Links:
     return Links(**{k: float(v) for k, v in obj.items()}, latency_s=latency_s)
 
 
+def load_cluster(path) -> tuple[balance.Cluster, Links]:
+    """A cluster file with its optional "links"; until the balancer's own reader takes "links" (branch
+    balance), the devices go to it and the links are read here."""
+    from ..balance.cluster import read_json
+
+    obj = read_json(path, "cluster")
+    if not isinstance(obj, dict):
+        raise TrainError(f"{path}: expected a JSON object with a 'devices' list")
+    rest = {k: v for k, v in obj.items() if k != "links"}
+    return balance.cluster_from_json(rest), links_from_json(obj.get("links"))
+
+
 @dataclass(frozen=True)
 class Workload:
     """One optimizer step: `tokens` in all, split evenly over ranks; activations of `act_bytes` per element

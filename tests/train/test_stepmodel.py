@@ -66,3 +66,11 @@ def test_sharded_bridge_spreads_the_leaders_ring_over_the_island():
     inside = (1e6 + 0.5e6) / 400e9   # ring of 2 in the node, then the leader's broadcast
     assert leaders[0] == pytest.approx(inside + 1e6 / 3e9)
     assert sharded[0] == pytest.approx(inside + 0.5e6 / 3e9)
+
+
+def test_cluster_file_with_links(tmp_path):
+    path = tmp_path / "cluster.json"
+    path.write_text('{"devices": [{"name": "g0", "vendor": "nvidia", "model": "H100", "node": 0, "throughput": 5e14,'
+                    ' "memory_bytes": 1000}], "links": {"other_vendor": 25, "same_node": 450}}')
+    cluster, links = sm.load_cluster(path)
+    assert cluster.num_devices == 1 and (links.other_vendor, links.same_node, links.other_node) == (25.0, 450.0, 50.0)
