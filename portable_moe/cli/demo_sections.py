@@ -168,7 +168,7 @@ SECTIONS: dict[str, Section] = {
     "compile": Section("ahead-of-time compilation for NVIDIA and AMD GPUs (no GPU needed)", ahead_of_time),
     "onnx": Section("ONNX interchange (standard operators, no custom MoE op)", onnx_export),
     "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
-    "train": Section("expert-parallel training, 2 ranks with different backends (torchrun + gloo)", training),
+    "train": Section("expert-parallel training: 2 ranks on different backends, then 2 vendor islands", training),
     "hf": Section("a Hugging Face model imported (transformers Mixtral, tiny, random weights)", hugging_face),
 }
 NAMES = tuple(SECTIONS)
