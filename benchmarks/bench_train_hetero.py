@@ -6,7 +6,12 @@ each expert forward (TrainConfig.slowdown='sleep'; 'repeat' redoes the compute i
 throughput of rank r = tokens/s of a 1-rank job of the same per-rank batch at speed s_r (all experts
 local, no communication). Throughput = tokens / median step time (first 2 steps excluded).
 
-Run: python benchmarks/bench_train_hetero.py [--steps 8] [--speeds 1,0.25] [--slowdown sleep]"""
+Run: python benchmarks/bench_train_hetero.py [--steps 8] [--speeds 1,0.25] [--slowdown sleep]
+
+Vendor islands (`--islands`): 4 CPU ranks labelled cpu@nvidia x2 + cpu@amd x2, the bridge between them
+slowed to --bridge-gbps; island-local vs global routing (bytes over the bridge, step time), the step-time
+model calibrated on the runs without a slowed bridge and checked against the others. `--project` prints
+the model's projections for 16- and 64-GPU mixed clusters (no runs)."""
 
 from __future__ import annotations
 
@@ -16,7 +21,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from portable_moe.train import TrainConfig
+import numpy as np
+
+from portable_moe import balance
+from portable_moe.models import MoEConfig, load_config, preset
+from portable_moe.train import TrainConfig, config_from_json
+from portable_moe.train import placement as pl
+from portable_moe.train import stepmodel as sm
+from portable_moe.train.islands import island_plan
 from portable_moe.train.launch import run
 
 
@@ -30,6 +42,13 @@ def throughput(cfg: TrainConfig, work: Path) -> tuple[float, list[dict]]:
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--islands", action="store_true", help="vendor islands: routing, bridge, step-time model")
+    p.add_argument("--project", action="store_true", help="step-time model projections to GPU clusters")
+    p.add_argument("--bridge-gbps", default="3,0.03", help="slowed bridges to measure (GB/s), comma-separated")
+    p.add_argument("--save", default="", help="with --islands: write the measurements to this JSON file")
+    p.add_argument("--load", default="", help="with --islands: re-analyse measurements saved by --save")
+    p.add_argument("--pairs", type=int, default=0, help="with --islands: only island vs global routing, "
+                   "alternating, N times per bridge (ratios robust to a shared machine's drifting load)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--speeds", default="1,0.25")
     p.add_argument("--per-rank-batch", type=int, default=16)
@@ -38,6 +57,10 @@ def main():
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--expert-ffn", type=int, default=512)
     args = p.parse_args()
+    if args.project:
+        return project()
+    if args.islands:
+        return islands(args)
     speeds = tuple(float(s) for s in args.speeds.split(","))
     n = len(speeds)
     base = TrainConfig(devices=("cpu",) * n, backends=("reference",) * n, speeds=speeds, steps=args.steps,
@@ -62,6 +85,227 @@ def main():
             tps, ranks = throughput(base.with_(placement=placement), work / placement)
             hosted = [r["experts_hosted"] for r in sorted(ranks, key=lambda r: r["rank"])]
             print(f"| {placement} | {tps:.0f} | {100 * tps / bound:.1f}% | {hosted} |")
+
+
+# -- vendor islands: measured runs and the step-time model ----------------------------------------------
+
+ISLAND_DEVICES = ("cpu@nvidia", "cpu@nvidia", "cpu@amd", "cpu@amd")
+CORES = 2  # ranks beyond this share cores: a rank's compute throughput scales by min(1, CORES / ranks)
+
+
+def measure(cfg: TrainConfig, work: Path) -> dict:
+    result = run(cfg, work, timeout_s=900)
+    if result.returncode != 0:
+        raise SystemExit(f"run failed: {result.stderr[-2000:]}")
+    steps = result.steps[2:] or result.steps
+    med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
+    ranks = lambda key: statistics.median(statistics.mean(s[key]) for s in steps)  # noqa: E731
+    return {"cfg": json.loads(cfg.to_json()), "model": load_config(cfg.model).to_dict(), "step_s": med("seconds"),
+            "bridge": med("bridge_bytes"), "tokens": med("token_bridge_bytes"), "imbalance": med("imbalance"),
+            "island": med("island_bytes"), "compute": ranks("rank_compute_s"), "a2a": ranks("rank_all_to_all_s"),
+            "allreduce": ranks("rank_all_reduce_s")}
+
+
+def cpu_model(r: dict, flops: float, bw: float, alpha: float):
+    """The step-time model for a measured CPU job: gloo's bandwidth inside islands, gloo then the emulated
+    bridge (serially: the sleep follows the transfer) across; throughput shared among ranks beyond CORES."""
+    cfg, m = config_of(r), MoEConfig(**r["model"])
+    L, E = m.layers, m.experts
+    expert_bytes = 3 * m.hidden * m.expert_ffn * 4
+    cluster = pl.cluster_of(cfg, E, expert_bytes)
+    thr = flops * min(1.0, CORES / cfg.world)
+    devices = tuple(balance.Device(d.name, f"island{d.node}", d.model, d.node, thr, d.memory_bytes)
+                    for d in cluster.devices)
+    bridge = bw if not cfg.bridge_gbps else 1 / (1 / bw + 1 / (cfg.bridge_gbps * 1e9))
+    links = sm.Links(same_node=bw / 1e9, other_node=bw / 1e9, other_vendor=bridge / 1e9, latency_s=alpha)
+    work = sm.workload_of(m, cfg.batch * cfg.seq, cfg.seq, act_bytes=4, dispatch_bytes=4, grad_bytes=4)
+    placement = pl.initial(cfg, L, E, expert_bytes)
+    return sm.predict(balance.Cluster(devices), links, work, placement, cfg.routing)
+
+
+def calibrate(runs: list[dict]) -> dict[int, tuple[float, float, float]]:
+    """Per rank count (oversubscribed cores change both): (FLOP/s of one rank alone on a core, gloo bytes/s,
+    seconds per collective call), least squares over the calibration runs' per-rank compute, all-to-all
+    and all-reduce seconds. Where bytes do not explain the time (latency-bound), bandwidth is left infinite."""
+    out = {}
+    for world in sorted({len(r["cfg"]["devices"]) for r in runs}):
+        mine = [r for r in runs if len(r["cfg"]["devices"]) == world]
+        unit = [cpu_model(r, 1.0, 1.0, 0.0) for r in mine]   # compute in FLOP, comm in bytes
+        calls = [cpu_model(r, 1.0, 1e30, 1.0) for r in mine]  # comm in calls
+        flops = statistics.median(float(u.compute_s.mean()) / r["compute"] for u, r in zip(unit, mine))
+        rows = np.array([[u.all_to_all_s.mean(), c.all_to_all_s.mean()] for u, c in zip(unit, calls)]
+                        + [[u.all_reduce_s, c.all_reduce_s] for u, c in zip(unit, calls)])
+        rhs = np.array([r["a2a"] for r in mine] + [r["allreduce"] for r in mine])
+        inv_bw, alpha = np.linalg.lstsq(rows, rhs, rcond=None)[0]
+        if inv_bw <= 0:
+            inv_bw, alpha = 1e-30, float(rows[:, 1] @ rhs / (rows[:, 1] @ rows[:, 1]))
+        out[world] = (flops, 1.0 / inv_bw, max(alpha, 0.0))
+    return out
+
+
+def config_of(r: dict) -> TrainConfig:
+    return config_from_json(json.dumps(r["cfg"]))
+
+
+def islands(args):
+    if args.load:
+        measured = json.loads(Path(args.load).read_text())
+        return island_table(measured, measured[0]["calibration_runs"])
+    bridges = [float(b) for b in args.bridge_gbps.split(",")]
+    per_rank = args.per_rank_batch
+    if args.pairs:
+        return paired(args, bridges)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = work / "model.json"
+        model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
+                                     "head_dim": args.hidden // 4}))
+        base = TrainConfig(model=str(model), devices=ISLAND_DEVICES, backends=("reference",) * 4, steps=args.steps,
+                           batch=per_rank * 4, seq=args.seq, placement="islands")
+        two = base.with_(devices=("cpu@nvidia", "cpu@amd"), backends=("reference",) * 2, batch=per_rank * 2,
+                         placement="balanced")
+        calib = [base, base.with_(routing="global"), two]
+        checks = [c.with_(bridge_gbps=b) for b in bridges for c in (base, base.with_(routing="global"), two)]
+        checks += [base.with_(placement="even", routing="global", bridge_gbps=bridges[-1])]
+        measured = []
+        for i, c in enumerate(calib + checks):
+            measured.append(measure(c, work / f"run{i}") | {"calibration_runs": len(calib)})
+            if args.save:
+                Path(args.save).write_text(json.dumps(measured, indent=1))
+    island_table(measured, len(calib))
+
+
+def paired(args, bridges: list[float]):
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = work / "model.json"
+        model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
+                                     "head_dim": args.hidden // 4}))
+        base = TrainConfig(model=str(model), devices=ISLAND_DEVICES, backends=("reference",) * 4, steps=args.steps,
+                           batch=args.per_rank_batch * 4, seq=args.seq, placement="islands")
+        print("| bridge GB/s | island routing s/step | global routing s/step | global / island (median of pairs) | "
+              "bridge bytes global / island |")
+        print("|---|---|---|---|---|")
+        for b in bridges:
+            got = [[measure(base.with_(bridge_gbps=b, routing=k), work / f"{b}-{i}-{k}") for k in ("island", "global")]
+                   for i in range(args.pairs)]
+            ratio = statistics.median(g["step_s"] / i["step_s"] for i, g in got)
+            isl, glo = (statistics.median(p[j]["step_s"] for p in got) for j in (0, 1))
+            print(f"| {b} | {isl:.3f} | {glo:.3f} | {ratio:.3f} | {got[0][1]['bridge'] / got[0][0]['bridge']:.2f}x |")
+
+
+def island_table(measured: list[dict], n_calib: int):
+    params = calibrate(measured[:n_calib])
+    c0, m0 = config_of(measured[0]), measured[0]["model"]
+    print(f"4 ranks = 2 islands (cpu@nvidia x2, cpu@amd x2) / 2 ranks = 2 islands of 1; {c0.batch // c0.world}x"
+          f"{c0.seq} tokens per rank per step, hidden {m0['hidden']}, expert_ffn {m0['expert_ffn']}, 8 experts "
+          f"top-2, {c0.steps} steps (median of steps 3..)")
+    for world, (flops, bw, alpha) in params.items():
+        print(f"calibrated on the {world}-rank runs without a slowed bridge: {flops / 1e9:.2f} GFLOP/s per rank "
+              f"alone, gloo {'latency-bound' if bw > 1e20 else f'{bw / 1e9:.2f} GB/s'}, "
+              f"{alpha * 1e3:.2f} ms per collective call")
+    print("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
+          "rank imbalance | measured s/step (compute) | model s/step (compute) | error | "
+          "efficiency (model / measured) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, r in enumerate(measured):
+        c = config_of(r)
+        pred = cpu_model(r, *params[c.world])
+        kind = "calibration" if i < n_calib else "prediction"
+        print(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
+              f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | "
+              f"{r.get('imbalance', float('nan')):.2f} | {r['step_s']:.3f} ({r['compute']:.3f}) | "
+              f"{pred.serial_s:.3f} ({pred.compute_s.mean():.3f}) | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
+              f"{100 * pred.serial_s / r['step_s']:.0f}% |")
+    checks = [(config_of(r), r) for r in measured[n_calib:]]
+    for b in sorted({c.bridge_gbps for c, _ in checks}, reverse=True):
+        isl, glo = (next((r for c, r in checks if c.bridge_gbps == b and c.world == 4 and c.placement == "islands"
+                          and c.routing == k), None) for k in ("island", "global"))
+        if isl and glo:
+            print(f"bridge {b} GB/s: global / island routing: bridge bytes {glo['bridge'] / isl['bridge']:.2f}x, "
+                  f"step time {glo['step_s'] / isl['step_s']:.2f}x")
+
+
+# -- projections -------------------------------------------------------------------------------------------
+
+GPUS = {  # achieved dense bf16 TFLOP/s assumed (~55% of peak), memory GB
+    "H100": ("nvidia", 544.0, 80), "MI300X": ("amd", 653.0, 192), "A100": ("nvidia", 172.0, 80),
+    "L40S": ("nvidia", 199.0, 48)}
+CLUSTERS = {"8 H100 + 8 MI300X": (("H100", 8), ("MI300X", 8)),
+            "4 A100 + 4 H100 + 8 L40S": (("A100", 4), ("H100", 4), ("L40S", 8)),
+            "4 MI300X + 4 H100 + 8 L40S": (("MI300X", 4), ("H100", 4), ("L40S", 8))}
+MODELS = {"Mixtral-8x7B": ("mixtral-8x7b", 2), "DeepSeek-V3-like": ("deepseek-v3", 1)}  # FP8 dispatch for V3
+TOKENS_PER_STEP = 1 << 22
+MEMORY_FOR_EXPERTS = 0.7
+
+
+def gpu_cluster(mix, scale: int, layers: int) -> balance.Cluster:
+    """8 GPUs per node; memory_bytes per layer (the balancer's slots are per layer) = 70% of memory / layers."""
+    devs, node = [], 0
+    for model, count in mix:
+        vendor, tflops, gb = GPUS[model]
+        for i in range(count * scale):
+            devs.append(balance.Device(f"{model}-{i}", vendor, model, node + i // 8, tflops * 1e12,
+                                       int(MEMORY_FOR_EXPERTS * gb * 1e9 / layers)))
+        node += (count * scale + 7) // 8
+    return balance.Cluster(tuple(devs))
+
+
+def placements(loads, cluster, expert_bytes, thr_cluster) -> dict:
+    out = {}
+    for name, make in (("even", lambda: (balance.even_placement(loads, cluster, expert_bytes), "global")),
+                       ("speed-proportional", lambda: (balance.plan(loads, thr_cluster, expert_bytes, by_node=False),
+                                                       "global")),
+                       ("EPLB-like", lambda: (balance.eplb_placement(loads, cluster, expert_bytes), "global")),
+                       ("island-aware", lambda: island_aware(loads, thr_cluster, expert_bytes))):
+        try:
+            out[name] = make()
+        except Exception as e:  # noqa: BLE001 - a placement that cannot exist is reported as such
+            out[name] = str(e).split(";")[0][:60]
+    return out
+
+
+def island_aware(loads, cluster, expert_bytes):
+    """One copy of the experts per vendor island where each island can hold one; else the global plan with
+    each island's tokens sent home first (by_node)."""
+    island = list(dict.fromkeys(d.vendor for d in cluster.devices))
+    vendors = balance.Cluster(tuple(balance.Device(d.name, d.vendor, d.model, island.index(d.vendor), d.throughput,
+                                                   d.memory_bytes) for d in cluster.devices))
+    try:
+        return island_plan(loads, vendors, expert_bytes), "island"
+    except Exception:  # noqa: BLE001
+        return balance.plan(loads, vendors, expert_bytes), "island"
+
+
+def project():
+    print(f"step-time model projections: {TOKENS_PER_STEP} tokens per optimizer step, skewed expert loads "
+          "(gamma(2), seed 0), bridge 3 GB/s, 400 GB/s in a node, 50 GB/s between nodes, 20 us per call; "
+          f"{int(MEMORY_FOR_EXPERTS * 100)}% of memory for experts; bf16 gradients")
+    print("| model | cluster | GPUs | placement | routing | step s (no overlap) | step s (overlap) | "
+          "efficiency vs fluid bound (no overlap / overlap) | bridge GB/step | overlap, sharded bridge: s (eff.) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    links = sm.Links()
+    for mname, (pname, dispatch) in MODELS.items():
+        m = preset(pname)
+        expert_bytes = 3 * m.hidden * m.expert_ffn * 2
+        loads = np.random.default_rng(0).gamma(2.0, size=(m.layers, m.experts)) + 0.05
+        work = sm.workload_of(m, TOKENS_PER_STEP, 4096, act_bytes=2, dispatch_bytes=dispatch, grad_bytes=2)
+        for cname, mix in CLUSTERS.items():
+            for scale in (1, 4):
+                cluster = gpu_cluster(mix, scale, m.layers)
+                bound = sm.fluid_bound(cluster, work)
+                for plname, got in placements(loads, cluster, expert_bytes, cluster).items():
+                    head = f"| {mname} | {cname} | {cluster.num_devices} | {plname} |"
+                    if isinstance(got, str):
+                        print(f"{head} - | infeasible: {got} | | | | |")
+                        continue
+                    placement, routing = got
+                    pred = sm.predict(cluster, links, work, placement, routing, loads)
+                    wide = sm.predict(cluster, links, work, placement, routing, loads, sharded_bridge=True)
+                    print(f"{head} {routing} | {pred.serial_s:.1f} | {pred.overlap_s:.1f} | "
+                          f"{100 * bound / pred.serial_s:.0f}% / {100 * bound / pred.overlap_s:.0f}% | "
+                          f"{pred.bridge_bytes / 1e9:.0f} | {wide.overlap_s:.1f} "
+                          f"({100 * bound / wide.overlap_s:.0f}%) |")
 
 
 if __name__ == "__main__":

@@ -145,10 +145,11 @@ def onnx_export(graph, params, device, out):
 
 
 def training(graph, params, device, out):
-    """Expert-parallel training: two gloo ranks on different backends, the balancer re-planning mid-run."""
-    from ..train.demo import demo
+    """Expert-parallel training: two gloo ranks on different backends, the balancer re-planning mid-run;
+    then two emulated vendor islands behind a slowed bridge, tokens kept in their island."""
+    from ..train.demo import demo, island_demo
 
-    for line in demo():
+    for line in demo() + island_demo():
         print(line)
 
 
@@ -167,7 +168,7 @@ SECTIONS: dict[str, Section] = {
     "compile": Section("ahead-of-time compilation for NVIDIA and AMD GPUs (no GPU needed)", ahead_of_time),
     "onnx": Section("ONNX interchange (standard operators, no custom MoE op)", onnx_export),
     "balance": Section("expert placement on a mixed-vendor cluster (balancer vs EPLB)", balance),
-    "train": Section("expert-parallel training, 2 ranks with different backends (torchrun + gloo)", training),
+    "train": Section("expert-parallel training: 2 ranks on different backends, then 2 vendor islands", training),
     "hf": Section("a Hugging Face model imported (transformers Mixtral, tiny, random weights)", hugging_face),
 }
 NAMES = tuple(SECTIONS)

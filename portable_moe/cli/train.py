@@ -11,6 +11,7 @@ from .. import registry
 from ..models import PRESETS, load_config, preset
 from ..runtime import resolve_device
 from ..train import TrainConfig, TrainError, checkpoint, launch
+from ..train.islands import device_of, island_names
 from ..train.report import write_report
 
 
@@ -29,13 +30,18 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="expert-parallel training across heterogeneous devices")
     p.add_argument("--config", default="debug", help="model preset (default: debug)")
     p.add_argument("--nproc", type=int, default=2, help="ranks (one per device)")
-    p.add_argument("--devices", default=None, help="device per rank, e.g. cpu,cpu,cuda:0 (default: cpu each)")
+    p.add_argument("--devices", default=None,
+                   help="device per rank, e.g. cpu,cpu,cuda:0; cpu@amd labels an island (default: cpu each)")
     p.add_argument("--backends", default=None, help="backend per rank, e.g. reference,tvm,triton")
     p.add_argument("--speeds", default="", help="emulated relative speed per rank, e.g. 1,0.5 (default: all 1)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=None, help="global sequences per step (default: 4 per rank)")
     p.add_argument("--seq", type=int, default=16)
-    p.add_argument("--placement", choices=("even", "balanced"), default="balanced")
+    p.add_argument("--placement", choices=("even", "balanced", "islands"), default="balanced")
+    p.add_argument("--routing", choices=("island", "global"), default="island",
+                   help="island: tokens stay in their vendor island where the plan's by_node says so")
+    p.add_argument("--bridge-gbps", type=float, default=0.0,
+                   help="emulate a bridge of this many GB/s between islands (devices like cpu@amd)")
     p.add_argument("--replan-every", type=int, default=0, help="re-plan expert placement every N steps")
     p.add_argument("--max-move-bytes", type=int, default=None)
     p.add_argument("--aux-loss", type=float, default=0.0, help="Switch/GShard balancing loss coefficient")
@@ -71,7 +77,8 @@ def config_of(args) -> TrainConfig:
                        steps=args.steps, batch=args.batch or 4 * n, seq=args.seq, placement=args.placement,
                        replan_every=args.replan_every, max_move_bytes=args.max_move_bytes, aux_loss=args.aux_loss,
                        aux_free_rate=args.aux_free_rate, capacity_factor=args.capacity_factor,
-                       bridge=args.bridge, timeout_s=args.timeout, checkpoint=args.checkpoint,
+                       routing=args.routing, bridge_gbps=args.bridge_gbps, bridge=args.bridge,
+                       timeout_s=args.timeout, checkpoint=args.checkpoint,
                        checkpoint_every=args.checkpoint_every if args.checkpoint else 0, resume=args.resume,
                        overwrite=args.overwrite)
 
@@ -86,9 +93,10 @@ def check_names(cfg: TrainConfig, local: bool):
         registry.load(name)
     if local:
         for device in set(cfg.devices):
-            resolve_device(device)
+            resolve_device(device_of(device))
         if cfg.checkpoint:
             checkpoint.check_start(Path(cfg.checkpoint), cfg.resume, cfg.overwrite)
+    island_names(cfg.devices)
 
 
 def run(args) -> int:

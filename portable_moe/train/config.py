@@ -12,16 +12,18 @@ class TrainError(PortableMoeError):
     """A training setting is impossible, or a rank failed; the message names which and why."""
 
 
-PLACEMENTS = ("even", "balanced")
+PLACEMENTS = ("even", "balanced", "islands")
+ROUTINGS = ("island", "global")
 
 
 def device_id(name: str) -> str:
     """'cuda' means 'cuda:0' (as in torch), 'cpu:0' means 'cpu': one spelling per device, so a rank's
-    device string names the same device everywhere (config, checkpoint meta, device lookup)."""
-    kind, _, index = name.strip().lower().partition(":")
-    if kind == "cpu" and index in ("", "0"):
-        return "cpu"
-    return f"{kind}:{index or 0}"
+    device string names the same device everywhere (config, checkpoint meta, device lookup). An island
+    label stays as written: 'CPU@amd' -> 'cpu@amd'."""
+    device, at, label = name.strip().partition("@")
+    kind, _, index = device.lower().partition(":")
+    spelled = "cpu" if kind == "cpu" and index in ("", "0") else f"{kind}:{index or 0}"
+    return f"{spelled}{at}{label}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +39,9 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 0.0
     seed: int = 0
-    placement: str = "balanced"         # initial placement: even | balanced (speed-proportional)
+    placement: str = "balanced"         # initial placement: even | balanced (speed-proportional) | islands
+    routing: str = "island"             # island: tokens follow the plan's by_node (islands as nodes) | global
+    bridge_gbps: float = 0.0            # emulate a bridge of this many GB/s between islands (0 = as is)
     replan_every: int = 0               # re-plan from load statistics every N steps (0 = never)
     max_move_bytes: int | None = None
     aux_loss: float = 0.0               # Switch/GShard load-balancing loss coefficient
@@ -68,6 +72,10 @@ class TrainConfig:
             raise TrainError(f"batch={self.batch} is not divisible by the {n} ranks; use a multiple of {n}")
         if self.placement not in PLACEMENTS:
             raise TrainError(f"placement={self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if not 0 <= self.bridge_gbps < float("inf"):
+            raise TrainError(f"bridge_gbps={self.bridge_gbps} must be a finite number >= 0 (0 = no slowdown)")
+        if self.routing not in ROUTINGS:
+            raise TrainError(f"routing={self.routing!r}; choose one of {', '.join(ROUTINGS)}")
         if self.slowdown not in ("repeat", "sleep"):
             raise TrainError(f"slowdown={self.slowdown!r}; choose repeat or sleep")
         if self.steps < 0 or self.replan_every < 0 or self.checkpoint_every < 0:

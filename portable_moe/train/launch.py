@@ -98,7 +98,19 @@ def progress_line(rec: dict, total: int) -> str:
     bar = "#" * (20 * done // max(total, 1))
     moved = f" moved {rec['moved_bytes'] / 1e6:.2f} MB" if rec.get("moved_bytes") else ""
     return (f"[{bar:<20}] step {done}/{total} loss {rec['loss']:.4f} {rec['tokens_per_s']:.0f} tok/s "
-            f"imbalance {rec['imbalance']:.2f}{moved}")
+            f"imbalance {rec['imbalance']:.2f}{moved}{traffic_text(rec)}")
+
+
+def traffic_text(rec: dict) -> str:
+    """' bridge 1.20 MB island 3.40 MB a2a 12% allreduce 30%' (shares of the slowest rank's step)."""
+    if not rec.get("rank_compute_s"):
+        return ""
+    r = max(range(len(rec["rank_compute_s"])), key=lambda i: rec["rank_all_to_all_s"][i] + rec["rank_all_reduce_s"][i]
+            + rec["rank_compute_s"][i])
+    busy = rec["rank_compute_s"][r] + rec["rank_all_to_all_s"][r] + rec["rank_all_reduce_s"][r]
+    pct = [100 * rec[k][r] / max(busy, 1e-12) for k in ("rank_all_to_all_s", "rank_all_reduce_s")]
+    return (f" bridge {rec['bridge_bytes'] / 1e6:.2f} MB island {rec['island_bytes'] / 1e6:.2f} MB"
+            f" a2a {pct[0]:.0f}% allreduce {pct[1]:.0f}%")
 
 
 def run(cfg: TrainConfig, workdir: Path, max_restarts: int = 0, timeout_s: float | None = 600.0,

@@ -11,26 +11,35 @@ import numpy as np
 import torch
 
 from .. import balance
-from .comm import vendor_of
 from .config import TrainConfig
+from .islands import device_of, island_index, island_plan, vendor_of
 
 HEADROOM = 1.5  # expert slots per rank: 1.5x its speed-proportional share, so hot experts can be replicated
 
 
 def cluster_of(cfg: TrainConfig, experts: int, expert_bytes: int) -> balance.Cluster:
-    """The job's ranks as the balancer's devices; memory is sized in expert slots (speed-proportional with
-    headroom) so the plan spreads experts instead of copying every expert everywhere."""
+    """The job's ranks as the balancer's devices, vendor islands as its nodes; memory is sized in expert
+    slots (speed-proportional with headroom) so the plan spreads experts instead of copying every expert
+    everywhere. With placement=islands the speed share is taken inside the rank's island (one copy of the
+    experts per island)."""
     speeds = [cfg.speed(r) for r in range(cfg.world)]
-    slots = [max(1, math.ceil(HEADROOM * experts * s / sum(speeds))) for s in speeds]
-    return balance.Cluster(tuple(balance.Device(name=f"rank{r}", vendor=vendor_of(d), model=d, node=0,
-                                                throughput=speeds[r], memory_bytes=slots[r] * expert_bytes)
+    node = island_index(cfg.devices)
+    total = [sum(s for s, n in zip(speeds, node) if cfg.placement != "islands" or n == node[r])
+             for r in range(cfg.world)]
+    slots = [max(1, math.ceil(HEADROOM * experts * s / t)) for s, t in zip(speeds, total)]
+    return balance.Cluster(tuple(balance.Device(name=f"rank{r}", vendor=vendor_of(d), model=device_of(d),
+                                                node=node[r], throughput=speeds[r],
+                                                memory_bytes=slots[r] * expert_bytes)
                                  for r, d in enumerate(cfg.devices)))
 
 
 def initial(cfg: TrainConfig, layers: int, experts: int, expert_bytes: int) -> balance.Placement:
     """even: one copy per expert, round-robin. balanced: the balancer's plan for uniform load on these
-    ranks' speeds (uneven expert counts and replicas in proportion to speed)."""
+    ranks' speeds (uneven expert counts and replicas in proportion to speed). islands: that plan inside
+    each vendor island, every island serving its own tokens."""
     uniform = np.ones((layers, experts))
+    if cfg.placement == "islands":
+        return island_plan(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
     if cfg.placement == "even":
         return balance.even_placement(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
     return balance.plan(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
@@ -40,6 +49,8 @@ def replan(loads: np.ndarray, cfg: TrainConfig, expert_bytes: int,
            previous: balance.Placement | None = None) -> balance.Placement:
     """From observed loads [L, E]; with `previous`, incrementally within cfg.max_move_bytes."""
     cluster = cluster_of(cfg, loads.shape[1], expert_bytes)
+    if cfg.placement == "islands":
+        return island_plan(loads, cluster, expert_bytes, previous, cfg.max_move_bytes)
     if previous is None:
         return balance.plan(loads, cluster, expert_bytes)
     return balance.plan(loads, cluster, expert_bytes, previous=previous, max_move_bytes=cfg.max_move_bytes)

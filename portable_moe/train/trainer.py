@@ -23,13 +23,14 @@ from .comm import Comm
 from .config import TrainConfig, TrainError
 from .data import shard
 from .expert_parallel import ExpertParallel
+from .islands import Traffic, device_of, island_index, route_tables
 from .model import EXPERT_KINDS, TrainModel, expert_name, local_compute, reference_params, split_name
 from .optim import NamedAdamW
 
 
 def rank_device(device: str) -> torch.device:
     """The torch device that holds a rank's tensors (an OpenCL rank's live in host memory)."""
-    return torch.device(resolve_device(device).torch_device)
+    return torch.device(resolve_device(device_of(device)).torch_device)
 
 
 @dataclass
@@ -41,6 +42,14 @@ class StepRecord:
     imbalance: float
     seconds: float
     rank_rows: list[float] = field(default_factory=list)
+    routing: str = ""
+    bridge_bytes: float = 0.0           # summed over ranks: bytes each sent over the bridge / inside its island
+    island_bytes: float = 0.0
+    token_bridge_bytes: float = 0.0     # the all-to-all's part of bridge_bytes (tokens out and back)
+    hierarchical_all_reduces: int = 0   # on rank 0
+    rank_compute_s: list[float] = field(default_factory=list)     # step time outside collectives
+    rank_all_to_all_s: list[float] = field(default_factory=list)
+    rank_all_reduce_s: list[float] = field(default_factory=list)
 
 
 class Trainer:
@@ -55,7 +64,7 @@ class Trainer:
         self.stats = balance.LoadStats(m.layers, m.experts)
         self.opt = NamedAdamW(cfg.lr, weight_decay=cfg.weight_decay)
         self.start_step, self.moved_bytes, self.history = 0, 0, []
-        self.compute = local_compute(m, cfg.backends[comm.rank], cfg.devices[comm.rank])
+        self.compute = local_compute(m, cfg.backends[comm.rank], device_of(cfg.devices[comm.rank]))
         self.placement = pl.initial(cfg, m.layers, m.experts, self.expert_bytes)
         self.notes: list[str] = []      # what the run should tell the user (damaged checkpoints skipped)
         self.damaged: list[Path] = []
@@ -70,10 +79,15 @@ class Trainer:
 
     # -- placement ---------------------------------------------------------------------------------
     def set_model(self, full_params):
-        share, hosts = pl.tables(self.placement, self.comm.world)
+        _, hosts = pl.tables(self.placement, self.comm.world)
         self.hosts = hosts
         self.model = TrainModel(self.mcfg, full_params, hosts, self.comm.rank, self.device)
-        self.build_layers(share, hosts)
+        self.build_layers(self.routes(), hosts)
+
+    def routes(self):
+        """This rank's routing table share_LEW: by_node for its island (island routing) or share (global)."""
+        island = island_index(self.cfg.devices)[self.comm.rank]
+        return route_tables(self.placement, self.comm.world, island, self.cfg.routing)
 
     def build_layers(self, share_LEW, hosts_LEW):
         r = self.comm.rank
@@ -82,9 +96,10 @@ class Trainer:
 
     def replan(self) -> int:
         new = pl.replan(self.stats.loads(), self.cfg, self.expert_bytes, self.placement)
-        share, hosts = pl.tables(new, self.comm.world)
+        _, hosts = pl.tables(new, self.comm.world)
         copies = migrate(self.model, self.opt, self.comm, self.hosts, hosts)
         self.placement, self.hosts = new, hosts
+        share = self.routes()
         for i, ep in enumerate(self.eps):
             ep.set_placement(share[i], hosts[i])
         self.moved_bytes += copies * self.expert_bytes
@@ -95,6 +110,7 @@ class Trainer:
         """Runs step index `step` (0-based: it picks the batch); the record counts from 1."""
         cfg, comm, m = self.cfg, self.comm, self.mcfg
         start = time.perf_counter()
+        comm.traffic.reset()
         for ep in self.eps:
             ep.rows_done = 0
         ids, targets = (t.to(self.device) for t in shard(cfg.seed, step, cfg.batch, cfg.seq, m.vocab_size,
@@ -108,22 +124,37 @@ class Trainer:
         self.opt.step(self.model.params())
         for p in self.model.params().values():
             p.grad = None
-        W = comm.world
-        packed = torch.zeros(2 + W + counts_LE.numel(), dtype=torch.float64, device=self.device)
+        W, C = comm.world, len(Traffic.FIELDS) + 1
+        packed = torch.zeros(2 + W + counts_LE.numel() + W * C, dtype=torch.float64, device=self.device)
         packed[0], packed[1] = ce.detach() / W, loss.detach() / W
         packed[2 + comm.rank] = sum(ep.rows_done for ep in self.eps)
-        packed[2 + W:] = counts_LE.reshape(-1)
+        packed[2 + W:2 + W + counts_LE.numel()] = counts_LE.reshape(-1)
+        at = 2 + W + counts_LE.numel() + comm.rank * C
+        packed[at:at + C] = torch.tensor(comm.traffic.as_list() + [time.perf_counter() - start], dtype=torch.float64,
+                                          device=self.device)
         packed = comm.all_reduce_sum(packed).cpu()
-        global_LE = packed[2 + W:].reshape(m.layers, m.experts)
+        global_LE = packed[2 + W:2 + W + counts_LE.numel()].reshape(m.layers, m.experts)
+        per_rank = packed[2 + W + counts_LE.numel():].reshape(W, C)
         self.stats.update_all(global_LE)
         self.update_bias(global_LE)
         seconds = time.perf_counter() - start
         rows = packed[2:2 + W].tolist()
         work = np.array(rows) / np.array([cfg.speed(r) for r in range(W)])
         rec = StepRecord(step + 1, float(packed[1]), float(packed[0]), cfg.batch * cfg.seq / seconds,
-                         float(work.max() / max(work.mean(), 1e-12)), seconds, rows)
+                         float(work.max() / max(work.mean(), 1e-12)), seconds, rows, **self.traffic_fields(per_rank))
         self.history.append(rec)
         return rec
+
+    def traffic_fields(self, per_rank: torch.Tensor) -> dict:
+        """per_rank [W, Traffic.FIELDS + busy seconds] -> the step record's communication fields."""
+        cols = {f: per_rank[:, i] for i, f in enumerate(Traffic.FIELDS)}
+        a2a, ar = cols["all_to_all_s"], cols["all_reduce_s"]
+        return {"routing": self.cfg.routing, "bridge_bytes": float(cols["bridge_bytes"].sum()),
+                "island_bytes": float(cols["island_bytes"].sum()),
+                "token_bridge_bytes": float(cols["token_bridge_bytes"].sum()),
+                "hierarchical_all_reduces": int(cols["hierarchical_all_reduces"][0]),
+                "rank_compute_s": (per_rank[:, -1] - a2a - ar).tolist(), "rank_all_to_all_s": a2a.tolist(),
+                "rank_all_reduce_s": ar.tolist()}
 
     def update_bias(self, global_LE: torch.Tensor):
         """DeepSeek-V3 auxiliary-loss-free balancing: b_e += rate * sign(mean load - load_e); the bias
@@ -228,7 +259,7 @@ class Trainer:
             self.placement = pl.from_json(meta["placement"], self.cfg)
         elif loads.sum() > 0:
             self.placement = pl.replan(loads, self.cfg, self.expert_bytes)
-        share, hosts = pl.tables(self.placement, self.comm.world)
+        _, hosts = pl.tables(self.placement, self.comm.world)
         dense = [n[len("param/"):] for n in index["weight_map"] if n.startswith("param/") and ".moe.experts." not in n]
         experts = [expert_name(layer, k, e) for layer, e in torch.nonzero(hosts[:, :, self.comm.rank]).tolist()
                    for k in EXPERT_KINDS]
@@ -243,4 +274,4 @@ class Trainer:
         self.opt.step_count = int(meta["opt_step"])
         self.start_step, self.moved_bytes = int(meta["step"]), int(meta["moved_bytes"])
         self.history = [StepRecord(**h) for h in meta["history"]]
-        self.build_layers(share, hosts)
+        self.build_layers(self.routes(), hosts)

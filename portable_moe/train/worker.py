@@ -76,7 +76,7 @@ def train(cfg: TrainConfig, rank: int, out=say, phase: Phase | None = None) -> T
     torch.set_num_threads(1)
     cfg = start_checkpoints(cfg, rank)
     init_world(rank, cfg.world, cfg.bridge, cfg.timeout_s)
-    comm = Comm(rank, list(cfg.devices), cfg.bridge, cfg.native_backends(), cfg.timeout_s)
+    comm = Comm(rank, list(cfg.devices), cfg.bridge, cfg.native_backends(), cfg.timeout_s, cfg.bridge_gbps)
     trainer = Trainer(cfg, comm)
     if rank == 0:
         for note in trainer.notes:
