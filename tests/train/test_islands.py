@@ -4,6 +4,8 @@ single-process reference, and a checkpointed run resumes on the same loss curve.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from test_equivalence import check_against_reference
@@ -76,8 +78,11 @@ def test_global_routing_crosses_the_bridge_with_the_same_maths(island_run, tmp_p
 
 def test_islands_resume_from_checkpoint_follows_the_curve(island_run, tmp_path):
     cfg, first, work = island_run
-    resumed = ok(run_job(cfg.with_(resume=True, dump=""), tmp_path))
-    assert [s["step"] for s in resumed.steps] == [2]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cfg.checkpoint, ckpt)
+    shutil.rmtree(ckpt / "step-00000003")        # the final step is always saved: resume from step 2
+    resumed = ok(run_job(cfg.with_(checkpoint=str(ckpt), resume=True, dump=""), tmp_path))
+    assert [s["step"] for s in resumed.steps] == [3]
     assert resumed.losses == pytest.approx(first.losses[2:], rel=1e-5)
     assert resumed.steps[0]["token_bridge_bytes"] == 0
 
