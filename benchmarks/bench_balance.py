@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from portable_moe.balance import BalanceError, Cluster, Device, eplb_placement, moved_bytes, plan
+from portable_moe.balance import BalanceError, Cluster, ClusterDevice, eplb_placement, moved_bytes, plan
 
 DSV3_EXPERT = 3 * 7168 * 2048  # fp8 bytes of one DeepSeek-V3 expert, one layer (~44 MB)
 MIXTRAL_EXPERT = 3 * 4096 * 14336 * 2  # bf16 bytes of one Mixtral-8x7B expert, one layer (~352 MB)
@@ -36,7 +36,7 @@ def make_cluster(models: list[tuple[str, int]], per_node: int, slots: dict, expe
     for model, n in models:
         for _ in range(n):
             devs.append(
-                Device(
+                ClusterDevice(
                     f"gpu{i}",
                     VENDOR[model],
                     model,

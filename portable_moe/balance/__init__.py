@@ -5,7 +5,7 @@ and re-plans incrementally under a bytes-moved budget.
 """
 
 from .calibrate import calibrate, calibrate_backend, calibrate_torch
-from .cluster import BalanceError, Cluster, Device, cluster_from_json, load_cluster, save_cluster
+from .cluster import BalanceError, Cluster, ClusterDevice, cluster_from_json, load_cluster
 from .eplb import eplb_placement, even_placement, rebalance_experts
 from .placement import (
     LayerPlacement,
@@ -25,7 +25,7 @@ from .stats import LoadStats
 __all__ = [
     "BalanceError",
     "Cluster",
-    "Device",
+    "ClusterDevice",
     "LayerPlacement",
     "LoadStats",
     "Placement",
@@ -43,7 +43,6 @@ __all__ = [
     "plan",
     "predict",
     "rebalance_experts",
-    "save_cluster",
     "save_placement",
     "validate_loads",
     "validate_placement",

@@ -23,7 +23,7 @@ DEVICE_FIELDS = ("name", "vendor", "model", "node", "throughput", "memory_bytes"
 
 
 @dataclass(frozen=True)
-class Device:
+class ClusterDevice:
     name: str
     vendor: str
     model: str
@@ -34,7 +34,7 @@ class Device:
 
 @dataclass(frozen=True)
 class Cluster:
-    devices: tuple[Device, ...]
+    devices: tuple[ClusterDevice, ...]
 
     def __post_init__(self):
         if not self.devices:
@@ -85,7 +85,7 @@ def check_expert_bytes(expert_bytes) -> int:
     return int(expert_bytes)
 
 
-def _device_from_json(i: int, obj) -> Device:
+def _device_from_json(i: int, obj) -> ClusterDevice:
     if not isinstance(obj, dict):
         raise BalanceError(f"cluster device {i}: expected an object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(DEVICE_FIELDS))
@@ -108,7 +108,7 @@ def _device_from_json(i: int, obj) -> Device:
         )
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr) or thr <= 0:
         raise BalanceError(f"cluster device {i}: field 'throughput' must be a positive number, got {thr!r}")
-    return Device(obj["name"], obj["vendor"], obj["model"], node, float(thr), mem)
+    return ClusterDevice(obj["name"], obj["vendor"], obj["model"], node, float(thr), mem)
 
 
 def cluster_from_json(obj) -> Cluster:
@@ -135,7 +135,3 @@ def read_json(path, what: str):
 
 def load_cluster(path) -> Cluster:
     return cluster_from_json(read_json(path, "cluster"))
-
-
-def save_cluster(cluster: Cluster, path) -> None:
-    Path(path).write_text(json.dumps(cluster.to_json(), indent=1))

@@ -71,14 +71,14 @@ def backends_table(graph, params, device, out):
 
 def balance(graph, params, device, out):
     """A DeepSeek-like skewed load on a mixed NVIDIA/AMD cluster: our plan against EPLB, then a re-plan."""
-    from ..balance import Cluster, Device, eplb_placement, plan, predict
+    from ..balance import Cluster, ClusterDevice, eplb_placement, plan, predict
     from ..balance.plot import plot_device_times
 
     rng = np.random.default_rng(0)
     loads = rng.zipf(1.6, size=(4, 64)).clip(max=500).astype(float) * 100
     cluster = Cluster(tuple(
-        [Device(f"h100-{i}", "nvidia", "H100", 0, 989.0, 18 * 2**20) for i in range(4)]
-        + [Device(f"mi300x-{i}", "amd", "MI300X", 1, 1307.0, 30 * 2**20) for i in range(4)]))
+        [ClusterDevice(f"h100-{i}", "nvidia", "H100", 0, 989.0, 18 * 2**20) for i in range(4)]
+        + [ClusterDevice(f"mi300x-{i}", "amd", "MI300X", 1, 1307.0, 30 * 2**20) for i in range(4)]))
     expert_bytes = 2**20
     eplb = predict(eplb_placement(loads, cluster, expert_bytes), loads, cluster)["summary"]
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ def cluster_of(cfg: TrainConfig, experts: int, expert_bytes: int) -> balance.Clu
     headroom) so the plan spreads experts instead of copying every expert everywhere."""
     speeds = [cfg.speed(r) for r in range(cfg.world)]
     slots = [max(1, math.ceil(HEADROOM * experts * s / sum(speeds))) for s in speeds]
-    return balance.Cluster(tuple(balance.Device(name=f"rank{r}", vendor=vendor_of(d), model=d, node=0,
+    return balance.Cluster(tuple(balance.ClusterDevice(name=f"rank{r}", vendor=vendor_of(d), model=d, node=0,
                                                 throughput=speeds[r], memory_bytes=slots[r] * expert_bytes)
                                  for r, d in enumerate(cfg.devices)))
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from portable_moe.balance import BalanceError, Cluster, Device, eplb_placement, rebalance_experts
+from portable_moe.balance import BalanceError, Cluster, ClusterDevice, eplb_placement, rebalance_experts
 
 
 def test_rebalance_structure_hierarchical():
@@ -36,7 +36,7 @@ def test_global_policy_when_groups_do_not_split():
 
 
 def test_eplb_placement_and_memory_failure():
-    devs = tuple(Device(f"g{i}", "v", "m", i // 2, 1.0, (2 if i else 1) * 10) for i in range(4))
+    devs = tuple(ClusterDevice(f"g{i}", "v", "m", i // 2, 1.0, (2 if i else 1) * 10) for i in range(4))
     cl = Cluster(devs)
     w = np.ones((1, 6))
     with pytest.raises(BalanceError, match=r"smallest device \(1 slots\) x 4 devices = 4 < 6 experts"):

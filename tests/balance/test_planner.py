@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from portable_moe.balance import (
     BalanceError,
     Cluster,
-    Device,
+    ClusterDevice,
     cluster_from_json,
     eplb_placement,
     moved_bytes,
@@ -26,7 +26,7 @@ EB = 1000
 def make_cluster(spec, per_node=4):
     """spec: list of (throughput, slots)."""
     return Cluster(
-        tuple(Device(f"g{i}", "v", "m", i // per_node, float(t), s * EB) for i, (t, s) in enumerate(spec))
+        tuple(ClusterDevice(f"g{i}", "v", "m", i // per_node, float(t), s * EB) for i, (t, s) in enumerate(spec))
     )
 
 
