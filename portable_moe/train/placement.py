@@ -17,13 +17,14 @@ from .config import TrainConfig
 HEADROOM = 1.5  # expert slots per rank: 1.5x its speed-proportional share, so hot experts can be replicated
 
 
-def cluster_of(cfg: TrainConfig, experts: int, expert_bytes: int) -> balance.Cluster:
-    """The job's ranks as the balancer's devices; memory is sized in expert slots (speed-proportional with
-    headroom) so the plan spreads experts instead of copying every expert everywhere."""
+def cluster_of(cfg: TrainConfig, layers: int, experts: int, expert_bytes: int) -> balance.Cluster:
+    """The job's ranks as the balancer's devices; memory is sized in expert slots per layer (speed-proportional
+    with headroom; memory_bytes covers all layers) so the plan spreads experts instead of copying every expert
+    everywhere."""
     speeds = [cfg.speed(r) for r in range(cfg.world)]
     slots = [max(1, math.ceil(HEADROOM * experts * s / sum(speeds))) for s in speeds]
     return balance.Cluster(tuple(balance.ClusterDevice(name=f"rank{r}", vendor=vendor_of(d), model=d, node=0,
-                                                throughput=speeds[r], memory_bytes=slots[r] * expert_bytes)
+                                                throughput=speeds[r], memory_bytes=slots[r] * layers * expert_bytes)
                                  for r, d in enumerate(cfg.devices)))
 
 
@@ -32,14 +33,14 @@ def initial(cfg: TrainConfig, layers: int, experts: int, expert_bytes: int) -> b
     ranks' speeds (uneven expert counts and replicas in proportion to speed)."""
     uniform = np.ones((layers, experts))
     if cfg.placement == "even":
-        return balance.even_placement(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
-    return balance.plan(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
+        return balance.even_placement(uniform, cluster_of(cfg, layers, experts, expert_bytes), expert_bytes)
+    return balance.plan(uniform, cluster_of(cfg, layers, experts, expert_bytes), expert_bytes)
 
 
 def replan(loads: np.ndarray, cfg: TrainConfig, expert_bytes: int,
            previous: balance.Placement | None = None) -> balance.Placement:
     """From observed loads [L, E]; with `previous`, incrementally within cfg.max_move_bytes."""
-    cluster = cluster_of(cfg, loads.shape[1], expert_bytes)
+    cluster = cluster_of(cfg, *loads.shape, expert_bytes)
     if previous is None:
         return balance.plan(loads, cluster, expert_bytes)
     return balance.plan(loads, cluster, expert_bytes, previous=previous, max_move_bytes=cfg.max_move_bytes)
@@ -59,4 +60,5 @@ def tables(placement: balance.Placement, world: int) -> tuple[torch.Tensor, torc
 
 
 def from_json(obj: dict, cfg: TrainConfig) -> balance.Placement:
-    return balance.placement_from_json(obj, cluster_of(cfg, obj["num_experts"], obj["expert_bytes"]))
+    cluster = cluster_of(cfg, len(obj["layers"]), obj["num_experts"], obj["expert_bytes"])
+    return balance.placement_from_json(obj, cluster)
