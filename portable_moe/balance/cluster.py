@@ -144,7 +144,7 @@ def _device_from_json(i: int, obj) -> ClusterDevice:
         )
     if not _positive_number(thr, MAX_THROUGHPUT):
         raise BalanceError(
-            f"cluster device {i}: field 'throughput' must be a positive number up to {MAX_THROUGHPUT:g} "
+            f"cluster device {i}: field 'throughput' must be a number from 1e-06 to {MAX_THROUGHPUT:g} "
             f"(token copies / s), got {_short(thr)}"
         )
     return ClusterDevice(obj["name"], obj["vendor"], obj["model"], node, float(thr), mem)
@@ -165,7 +165,7 @@ def finite_number(x, low: float, high: float) -> bool:
 
 
 def _positive_number(x, limit: float) -> bool:
-    return finite_number(x, 0, limit) and x > 0
+    return finite_number(x, 1e-6, limit)  # a lower bound too: 1 / tiny values must stay finite
 
 
 def _links_from_json(obj) -> Links:
@@ -176,7 +176,7 @@ def _links_from_json(obj) -> Links:
         raise BalanceError(f"cluster links: unknown class {unknown[0]!r} (allowed: {', '.join(LINK_CLASSES)})")
     for c, v in obj.items():
         if not _positive_number(v, 1e9):
-            raise BalanceError(f"cluster links: {c!r} must be a positive number of GB/s up to 1e9, got {_short(v)}")
+            raise BalanceError(f"cluster links: {c!r} must be a number of GB/s from 1e-06 to 1e9, got {_short(v)}")
     return Links(**{c: float(v) for c, v in obj.items()})
 
 

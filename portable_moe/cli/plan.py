@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_move_bytes is not None and previous is None:
         raise BalanceError("--max-move-bytes needs --previous (a from-scratch plan moves everything)")
     opts = {"token_bytes": args.token_bytes, "tokens_per_step": args.tokens_per_step}
+    import scipy.optimize  # noqa: F401  (the flow bound's solver, imported before the planner is timed)
+
     t0 = time.perf_counter()
     pl = plan(loads, cluster, args.expert_bytes, groups=args.groups, previous=previous,
               max_move_bytes=args.max_move_bytes, layout=args.layout, **opts)
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     _print_layers(pl.predicted, before, label)
     _print_devices(pl.predicted, before, label, cluster)
     _print_summary(pl, before, label, ms)
+    if previous is not None:
+        _print_moves(previous, pl, cluster)
     if args.json:
         save_placement(pl, args.json)
         print(f"placement written to {args.json}")
@@ -129,6 +133,18 @@ def _print_devices(after: dict, before: dict, label: str, cluster) -> None:
     for d, dev in enumerate(cluster.devices):
         print(f"{dev.name[:12]:>12} {dev.model[:8]:>8} {ca[d] * 1e3:>9.3f} {ma[d] * 1e3:>9.3f} {cb[d] * 1e3:>16.3f} "
               f"{mb[d] * 1e3:>14.3f} {used[d] / 1e9:>8.2f} / {budget[d] / 1e9:<6.2f} {used_b[d] / 1e9:>14.2f}")
+
+
+def _print_moves(previous, pl, cluster, shown: int = 8) -> None:
+    """The expert copies the re-plan adds (each one expert's weights to load); copies it drops cost nothing."""
+    D = cluster.num_devices
+    new = np.argwhere((pl.dense(D)[0] > 0) & (previous.dense(D)[0] == 0))  # [k, 3] layer, expert, device
+    if len(new) == 0:
+        print("no expert copies moved: the previous hosting stays, with shares re-solved for the new load")
+        return
+    text = ", ".join(f"layer {i} expert {e} -> {cluster.devices[d].name}" for i, e, d in new[:shown])
+    more = f" and {len(new) - shown} more" if len(new) > shown else ""
+    print(f"expert copies to load: {text}{more}")
 
 
 def _print_summary(pl, before: dict, label: str, ms: float) -> None:
