@@ -77,7 +77,7 @@ def test_memory_fits_random(seed, L, E, D, layout):
     pl = plan(loads, cl, EB, layout=layout, token_bytes=int(rng.integers(0, 3)) * 1000)
     check_invariants(pl, cl, L, E)
     check_invariants(placement_from_json(json.loads(json.dumps(pl.to_json())), cl), cl, L, E)
-    for step in range(2):
+    for _ in range(2):
         x = loads * rng.lognormal(0, 0.5, loads.shape)
         again = plan(x, cl, EB, previous=pl, max_move_bytes=int(rng.integers(0, 4)) * EB, layout=layout)
         check_invariants(again, cl, L, E)
