@@ -102,7 +102,9 @@ def fluid_bound(cluster: Cluster, token_bytes: int, overlap: bool) -> float:
     from scipy.sparse import coo_matrix
 
     D, C = cluster.num_devices, len(LINK_CLASSES)
-    cls, sec = cluster.link_class(), token_bytes / cluster.links.bandwidth()  # [D, D], [C] s per copy
+    thr = cluster.throughput
+    unit = 1.0 / thr.sum()  # seconds of the compute-only fluid bound per copy: the LP works in these units
+    cls, sec = cluster.link_class(), token_bytes / cluster.links.bandwidth() / unit  # [D, D], [C] per copy
     nx, t = D * D, D * D + D
     s_idx, d_idx = np.divmod(np.arange(nx), D)
     rows, cols, vals, rhs = [], [], [], []
@@ -118,10 +120,9 @@ def fluid_bound(cluster: Cluster, token_bytes: int, overlap: bool) -> float:
             add(n + np.arange(D), nx + np.arange(D), -np.ones(D))
             rhs.append(np.zeros(D))
             n += D
-    thr = cluster.throughput
     for part in ((True, True),) if not overlap else ((True, False), (False, True)):  # t >= compute (+) comm
         if part[0]:
-            add(n + d_idx, np.arange(nx), 1.0 / thr[d_idx])
+            add(n + d_idx, np.arange(nx), 1.0 / (thr[d_idx] * unit))
         if part[1]:
             add(n + np.arange(D), nx + np.arange(D), np.ones(D))
         add(n + np.arange(D), np.full(D, t), -np.ones(D))
@@ -135,4 +136,4 @@ def fluid_bound(cluster: Cluster, token_bytes: int, overlap: bool) -> float:
                   bounds=(0, None), method="highs")
     if res.status != 0:
         raise BalanceError(f"fluid bound: the linear program did not solve ({res.message})")
-    return float(res.x[t])
+    return float(res.x[t]) * unit

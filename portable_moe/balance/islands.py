@@ -23,7 +23,7 @@ def hosted_sets(w: np.ndarray, slots: np.ndarray, origin: np.ndarray) -> np.ndar
     is whichever leaves the fewest tokens away from home."""
     E, n_isl = len(w), len(slots)
     rank = np.argsort(-w, kind="stable")
-    n = np.minimum(slots, E)
+    n = np.minimum(np.maximum(slots, 0), E)
     best, best_lost = None, np.inf
     for j in range(n_isl):
         tail = E - n[j]
@@ -125,7 +125,8 @@ def _plan_level(loads, cluster, devs, caps, groups, token_bytes, scale, mask, le
             continue
         w = loads[li, idx]
         slots = np.array([caps[li, devs[m]].sum() for m in local])
-        home[li][:, idx] = hosted_sets(w, slots, origin)
+        kept = hosted_sets(w, slots - _extra_replicas(w, size), origin)  # room left to split hot experts
+        home[li][:, idx] = hosted_sets(w, slots, origin) if kept is None else kept
         serve[li][:, idx] = serve_fractions(w * scale[li], home[li][:, idx], origin, power, bridge)
     host, share = np.zeros((L, E, len(devs)), bool), np.zeros((L, E, len(devs)))
     for g, m in enumerate(local):
@@ -133,6 +134,13 @@ def _plan_level(loads, cluster, devs, caps, groups, token_bytes, scale, mask, le
                            home[:, g, :], level + 1, levels)
         host[:, :, m], share[:, :, m] = h, s * serve[:, g, :, None]
     return host, share
+
+
+def _extra_replicas(w: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """[G] replicas beyond one per expert that each group needs to spread its hot experts over its devices:
+    an expert with more than 1/n of the load wants ceil(share x n) copies on a group of n devices."""
+    share = w / max(w.sum(), 1e-300)
+    return np.array([int((np.minimum(np.ceil(share * n), n) - 1).clip(0).sum()) for n in size])
 
 
 def _renumber(node: np.ndarray) -> np.ndarray:

@@ -18,8 +18,16 @@ import numpy as np
 
 from .cluster import BalanceError, Cluster, check_expert_bytes
 from .comm import DEFAULT_TOKEN_BYTES, comm_predict, route, step_loads
+from .islands import island_plan, replan_within_islands
 from .memory import check_fits, check_layout, layer_caps
-from .placement import Placement, placement_from_dense, predict, validate_loads, validate_placement
+from .placement import (
+    Placement,
+    device_time,
+    placement_from_dense,
+    predict,
+    validate_loads,
+    validate_placement,
+)
 
 LOCALITY_PENALTY = 0.05  # relative time a replica may give up to stay on its group's home node
 UNLIMITED = 1 << 60
@@ -142,9 +150,9 @@ def solve_shares(
     for i in range(iters):
         x = x / np.bincount(le, x, L * E)[le]
         t = np.bincount(ld, x * w, L * D) * inv / np.repeat(fluid, D)  # [L*D] time / fluid
-        if i % 10 == 0:
+        if i % 5 == 0:
             worst = float(t.max())
-            if prev - worst < 1e-5 * worst:
+            if prev - worst < 2e-5 * worst:
                 break
             prev = worst
         x = x * np.clip(1.0 / np.maximum(t, 1e-12), 0.05, 20.0)[ld] ** alpha
@@ -152,11 +160,6 @@ def solve_shares(
     out = np.zeros((L, E, D))
     out[li, ei, di] = x / np.bincount(le, x, L * E)[le]
     return out
-
-
-def layer_times(loads: np.ndarray, share: np.ndarray, thr: np.ndarray) -> np.ndarray:
-    """loads [L, E], share [L, E, D] -> time [L, D]."""
-    return np.einsum("led,le->ld", share, loads) / thr
 
 
 def _try_move(w: np.ndarray, host: np.ndarray, x: np.ndarray, thr: np.ndarray, room: np.ndarray):
@@ -195,7 +198,7 @@ def improve(loads: np.ndarray, host: np.ndarray, share: np.ndarray, thr: np.ndar
     and fewer than `max_moves` replicas are new relative to `prev` [L, E, D] (None: moves are free). A device
     gains a replica without evicting one while it is under caps [L, D] in that layer, or, with `budget` [D]
     (pooled memory), while all its replicas together stay within the budget."""
-    t = layer_times(loads, share, thr)
+    t = device_time(share, loads, thr)
     fluid = np.maximum(loads.sum(1) / thr.sum(), 1e-300)
     ratio = np.where(loads.sum(1) > 0, t.max(1) / fluid, 1.0)
     active = ratio > 1 + 1e-3
@@ -258,17 +261,8 @@ def plan(loads, cluster: Cluster, expert_bytes: int, *, groups: int | None = Non
     budget = cluster.budget(expert_bytes)
     check_fits(L, E, budget, expert_bytes, layout)
     steps = step_loads(loads, tokens_per_step)
-    by_node = None
     if previous is None:
-        caps = layer_caps(loads, budget, layout)
-        host, share = _compute_only(loads, cluster, caps, budget if layout == "pooled" else None, groups)
-        if (cluster.num_nodes > 1 or cluster.island.max() > 0) and token_bytes > 0:
-            from .islands import island_plan
-
-            multi = cluster.island.max() > 0 and len(set(zip(cluster.island, cluster.node))) > cluster.island.max() + 1
-            for levels in (2, 1) if multi else (2,):  # also islands alone when they span several nodes
-                other = island_plan(loads, cluster, caps, groups, token_bytes, steps, levels)
-                host, share, by_node = _faster(steps, (host, share), other, cluster, token_bytes)
+        host, share, by_node = _new_plan(loads, cluster, budget, layout, groups, token_bytes, steps)
         moved = 0
     else:
         host, share, by_node = _replan(loads, cluster, previous, expert_bytes, layout, budget, max_move_bytes,
@@ -280,6 +274,21 @@ def plan(loads, cluster: Cluster, expert_bytes: int, *, groups: int | None = Non
     validate_placement(pl, cluster)  # memory and shares, as any consumer will check them
     pl.predicted = predict(pl, loads, cluster, token_bytes=token_bytes, tokens_per_step=tokens_per_step)
     return pl
+
+
+def _new_plan(loads, cluster, budget, layout, groups, token_bytes, steps):
+    """Compute-only over the whole cluster; where nodes or vendors differ and tokens cost bytes, per layer the
+    faster of that and the top-down plans that keep tokens in their island (and node). -> host, share, by_node."""
+    caps = layer_caps(loads, budget, layout)
+    host, share = _compute_only(loads, cluster, caps, budget if layout == "pooled" else None, groups)
+    if token_bytes == 0 or (cluster.num_nodes == 1 and cluster.island.max() == 0):
+        return host, share, None
+    islands_span_nodes = len(set(zip(cluster.island, cluster.node))) > cluster.island.max() + 1
+    by_node = None
+    for levels in (2, 1) if cluster.island.max() > 0 and islands_span_nodes else (2,):
+        other = island_plan(loads, cluster, caps, groups, token_bytes, steps, levels)
+        host, share, by_node = _faster(steps, (host, share), other, cluster, token_bytes)
+    return host, share, by_node
 
 
 def _compute_only(loads, cluster, caps, budget, groups) -> tuple[np.ndarray, np.ndarray]:
@@ -297,12 +306,15 @@ def from_scratch(loads, thr, caps, node, groups, mask=None) -> tuple[np.ndarray,
     counts = replica_counts(loads, np.minimum(caps.sum(1), need.sum(1) * D), D, need)
     home = group_home_nodes(loads, groups, node, thr, caps) if groups and node.max() > 0 else None
     best = None
+    fluid = loads.sum(1) / thr.sum()
     for fit in (False, True):  # earliest finish (LPT) and best fit per slot; keep the better per layer
         host = assign_replicas(loads, counts, thr, caps, node, home, fit)
         share = solve_shares(loads, host, thr)
-        mx = layer_times(loads, share, thr).max(1)
+        mx = device_time(share, loads, thr).max(1)
         if best is None:
             best = (host, share, mx)
+            if (mx <= fluid * 1.001).all():  # at the bound already
+                break
             continue
         better = mx < best[2]
         best[0][better], best[1][better] = host[better], share[better]
@@ -337,8 +349,6 @@ def _replan(loads, cluster, previous, expert_bytes, layout, budget, max_move_byt
     host, share = improve(loads, prev.copy(), solve_shares(loads, prev, thr, old_share), thr, prev=prev, **moves)
     if cluster.island.max() == 0 or token_bytes == 0:
         return host, share, None
-    from .islands import replan_within_islands
-
     a = (host, share)
     b = replan_within_islands(loads, prev, old_share, cluster, moves)
     new_a, new_b = ((x[0] & ~prev).sum((1, 2)) for x in (a, b))  # [L] new replicas per layer

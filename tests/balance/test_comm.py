@@ -84,6 +84,12 @@ def test_flow_bound_is_a_lower_bound_and_the_fluid_bound_without_traffic():
         assert all(b <= t * (1 + 1e-7) for b, t in zip(p["bound_layer_overlap_s"], p["layer_overlap_s"]))
     free = plan(loads, cl, EB, token_bytes=0).predicted
     assert np.allclose(free["bound_layer_s"], free["fluid_bound"])
+    fast = mixed(thr=(1.1e7, 1.5e7))  # tokens / s of real GPUs: times per copy far below solver tolerances
+    free = plan(loads, fast, EB, token_bytes=0).predicted
+    assert np.allclose(free["bound_layer_s"], free["fluid_bound"], rtol=1e-6)
+    p = plan(loads, fast, EB, token_bytes=21504).predicted
+    assert np.all(np.asarray(p["bound_layer_overlap_s"]) <= np.asarray(p["bound_layer_s"]) * (1 + 1e-9))
+    assert np.all(np.asarray(p["bound_layer_overlap_s"]) >= np.asarray(p["fluid_bound"]) * (1 - 1e-9))
 
 
 def test_islands_keep_tokens_home_and_beat_eplb_fourfold():
