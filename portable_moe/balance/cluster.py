@@ -92,9 +92,10 @@ class Cluster:
         return np.array([order[d.vendor] for d in self.devices], dtype=np.int64)
 
     def budget(self, expert_bytes: int) -> np.ndarray:
-        """[D] int64 expert copies each device can hold, all layers together = memory_bytes // expert_bytes."""
+        """[D] int64 expert copies each device can hold, all layers together = memory_bytes // expert_bytes
+        (at most 2**40: more than any plan places, and sums over devices stay in int64)."""
         check_expert_bytes(expert_bytes)
-        return np.array([d.memory_bytes // expert_bytes for d in self.devices], dtype=np.int64)
+        return np.array([min(d.memory_bytes // expert_bytes, 1 << 40) for d in self.devices], dtype=np.int64)
 
     def link_class(self) -> np.ndarray:
         """[D, D] int64 index into LINK_CLASSES for traffic between two devices (-1 on the diagonal):

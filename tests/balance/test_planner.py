@@ -271,3 +271,9 @@ def test_bad_placement_json():
     del bad["layers"][0]["replicas"][0]
     with pytest.raises(BalanceError, match="not hosted|sum to"):
         placement_from_json(bad, cl)
+
+
+def test_huge_memory_and_tiny_experts_do_not_overflow():
+    devs = tuple(ClusterDevice(f"g{i}", "v" if i else "w", "m", i, 1.0, 2**62) for i in range(3))
+    pl = plan(np.ones((2, 3)), Cluster(devs), 1)
+    assert sum(pl.predicted["memory"]["used_bytes"]) <= 3 * 2**62
