@@ -112,9 +112,9 @@ def cpu_model(r: dict, flops: float, bw: float, alpha: float):
     cfg, m = config_of(r), MoEConfig(**r["model"])
     L, E = m.layers, m.experts
     expert_bytes = 3 * m.hidden * m.expert_ffn * 4
-    cluster = pl.cluster_of(cfg, E, expert_bytes)
+    cluster = pl.cluster_of(cfg, L, E, expert_bytes)
     thr = flops * min(1.0, CORES / cfg.world)
-    devices = tuple(balance.Device(d.name, f"island{d.node}", d.model, d.node, thr, d.memory_bytes)
+    devices = tuple(balance.ClusterDevice(d.name, f"island{d.node}", d.model, d.node, thr, d.memory_bytes)
                     for d in cluster.devices)
     bridge = bw if not cfg.bridge_gbps else 1 / (1 / bw + 1 / (cfg.bridge_gbps * 1e9))
     links = sm.Links(same_node=bw / 1e9, other_node=bw / 1e9, other_vendor=bridge / 1e9, latency_s=alpha)
@@ -239,14 +239,14 @@ TOKENS_PER_STEP = 1 << 22
 MEMORY_FOR_EXPERTS = 0.7
 
 
-def gpu_cluster(mix, scale: int, layers: int) -> balance.Cluster:
-    """8 GPUs per node; memory_bytes per layer (the balancer's slots are per layer) = 70% of memory / layers."""
+def gpu_cluster(mix, scale: int) -> balance.Cluster:
+    """8 GPUs per node; memory_bytes (all layers together) = 70% of the card's memory."""
     devs, node = [], 0
     for model, count in mix:
         vendor, tflops, gb = GPUS[model]
         for i in range(count * scale):
-            devs.append(balance.Device(f"{model}-{i}", vendor, model, node + i // 8, tflops * 1e12,
-                                       int(MEMORY_FOR_EXPERTS * gb * 1e9 / layers)))
+            devs.append(balance.ClusterDevice(f"{model}-{i}", vendor, model, node + i // 8, tflops * 1e12,
+                                              int(MEMORY_FOR_EXPERTS * gb * 1e9)))
         node += (count * scale + 7) // 8
     return balance.Cluster(tuple(devs))
 
@@ -254,7 +254,7 @@ def gpu_cluster(mix, scale: int, layers: int) -> balance.Cluster:
 def placements(loads, cluster, expert_bytes, thr_cluster) -> dict:
     out = {}
     for name, make in (("even", lambda: (balance.even_placement(loads, cluster, expert_bytes), "global")),
-                       ("speed-proportional", lambda: (balance.plan(loads, thr_cluster, expert_bytes, by_node=False),
+                       ("speed-proportional", lambda: (balance.plan(loads, thr_cluster, expert_bytes, token_bytes=0),
                                                        "global")),
                        ("EPLB-like", lambda: (balance.eplb_placement(loads, cluster, expert_bytes), "global")),
                        ("island-aware", lambda: island_aware(loads, thr_cluster, expert_bytes))):
@@ -269,8 +269,8 @@ def island_aware(loads, cluster, expert_bytes):
     """One copy of the experts per vendor island where each island can hold one; else the global plan with
     each island's tokens sent home first (by_node)."""
     island = list(dict.fromkeys(d.vendor for d in cluster.devices))
-    vendors = balance.Cluster(tuple(balance.Device(d.name, d.vendor, d.model, island.index(d.vendor), d.throughput,
-                                                   d.memory_bytes) for d in cluster.devices))
+    vendors = balance.Cluster(tuple(balance.ClusterDevice(d.name, d.vendor, d.model, island.index(d.vendor),
+                                                          d.throughput, d.memory_bytes) for d in cluster.devices))
     try:
         return island_plan(loads, vendors, expert_bytes), "island"
     except Exception:  # noqa: BLE001
@@ -292,7 +292,7 @@ def project():
         work = sm.workload_of(m, TOKENS_PER_STEP, 4096, act_bytes=2, dispatch_bytes=dispatch, grad_bytes=2)
         for cname, mix in CLUSTERS.items():
             for scale in (1, 4):
-                cluster = gpu_cluster(mix, scale, m.layers)
+                cluster = gpu_cluster(mix, scale)
                 bound = sm.fluid_bound(cluster, work)
                 for plname, got in placements(loads, cluster, expert_bytes, cluster).items():
                     head = f"| {mname} | {cname} | {cluster.num_devices} | {plname} |"

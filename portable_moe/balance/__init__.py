@@ -1,11 +1,12 @@
 """Heterogeneity-aware expert load balancing (a replacement for DeepSeek's EPLB on mixed-vendor clusters).
 
-Equalises time (tokens / throughput) rather than tokens, gives each device the slots its own memory allows,
-and re-plans incrementally under a bytes-moved budget.
+Equalises time (tokens / throughput) rather than tokens within each device's memory (all layers together),
+keeps tokens inside vendor islands where the bridge costs more than it saves, and re-plans incrementally
+under a bytes-moved budget.
 """
 
 from .calibrate import calibrate, calibrate_backend, calibrate_torch
-from .cluster import BalanceError, Cluster, Device, cluster_from_json, load_cluster, save_cluster
+from .cluster import BalanceError, Cluster, ClusterDevice, Links, cluster_from_json, load_cluster
 from .eplb import eplb_placement, even_placement, rebalance_experts
 from .placement import (
     LayerPlacement,
@@ -25,8 +26,9 @@ from .stats import LoadStats
 __all__ = [
     "BalanceError",
     "Cluster",
-    "Device",
+    "ClusterDevice",
     "LayerPlacement",
+    "Links",
     "LoadStats",
     "Placement",
     "calibrate",
@@ -43,7 +45,6 @@ __all__ = [
     "plan",
     "predict",
     "rebalance_experts",
-    "save_cluster",
     "save_placement",
     "validate_loads",
     "validate_placement",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cluster import BalanceError, Cluster, check_expert_bytes
+from .memory import check_fits
 from .placement import LayerPlacement, Placement, predict, validate_loads
 
 
@@ -98,20 +99,20 @@ def _hierarchical(weight: np.ndarray, P: int, G: int, N: int, num_gpus: int) -> 
     return np.take_along_axis(mlog2log, pphy2mlog, 1)
 
 
-def eplb_placement(
-    loads, cluster: Cluster, expert_bytes: int, groups: int | None = None, num_replicas: int | None = None
-) -> Placement:
-    """EPLB as a Placement: every GPU gets the same slot count, limited by the smallest device's memory.
-    Raises BalanceError when those equal slots cannot hold every expert."""
+def eplb_placement(loads, cluster: Cluster, expert_bytes: int, *, groups: int | None = None,
+                   num_replicas: int | None = None, **predict_options) -> Placement:
+    """EPLB as a Placement at the same memory as ours: every GPU gets the same slots in every layer, limited by
+    the smallest device (memory_bytes // expert_bytes // layers). Raises BalanceError when those equal slots
+    cannot hold every expert."""
     loads = validate_loads(loads)
     expert_bytes = check_expert_bytes(expert_bytes)
     L, E = loads.shape
     D = cluster.num_devices
-    per_gpu = int(cluster.slots(expert_bytes).min())
+    per_gpu = int(min(cluster.budget(expert_bytes).min() // L, E))
     if per_gpu * D < E:
         raise BalanceError(
-            f"EPLB cannot place {E} experts: equal slots per GPU are limited by the smallest "
-            f"device ({per_gpu} slots) x {D} devices = {per_gpu * D} < {E} experts"
+            f"EPLB cannot place {E} experts: equal slots per GPU and layer are limited by the smallest "
+            f"device ({per_gpu} slots per layer) x {D} devices = {per_gpu * D} < {E} experts"
         )
     num_replicas = per_gpu * D if num_replicas is None else num_replicas
     node = cluster.node
@@ -121,28 +122,32 @@ def eplb_placement(
     phy2log, _, logcnt = rebalance_experts(loads, num_replicas, groups or 1, num_nodes, D)
     dev = gpu2dev[np.arange(num_replicas) // (num_replicas // D)]
     layers = [LayerPlacement(dev.copy(), phy2log[i], 1.0 / logcnt[i, phy2log[i]]) for i in range(L)]
-    pl = Placement(layers, E, expert_bytes)
-    pl.predicted = predict(pl, loads, cluster)
+    pl = Placement(layers, E, expert_bytes, layout="uniform")
+    pl.predicted = predict(pl, loads, cluster, **predict_options)
     return pl
 
 
-def even_placement(loads, cluster: Cluster, expert_bytes: int) -> Placement:
-    """Naive baseline when EPLB cannot run: one replica per expert, round-robin over free slots."""
+def even_placement(loads, cluster: Cluster, expert_bytes: int, **predict_options) -> Placement:
+    """Naive baseline when EPLB cannot run: one replica per expert, round-robin over devices with memory left
+    (the same devices in every layer while each device's slots per layer allow it)."""
     loads = validate_loads(loads)
     L, E = loads.shape
-    free = cluster.slots(expert_bytes).copy()
-    if free.sum() < E:
-        raise BalanceError(
-            f"cluster memory cannot hold every expert: {int(free.sum())} total slots < {E} experts"
-        )
-    dev, d = np.zeros(E, np.int64), 0
-    for e in range(E):
-        while free[d % len(free)] == 0:
+    budget = cluster.budget(check_expert_bytes(expert_bytes))
+    check_fits(L, E, budget, expert_bytes, "pooled")
+    uniform = int(np.minimum(budget // L, E).sum()) >= E
+    free = np.minimum(budget // L, E) if uniform else budget.copy()
+    layers = []
+    for _ in range(1 if uniform else L):
+        dev, d = np.zeros(E, np.int64), 0
+        for e in range(E):
+            while free[d % len(free)] == 0:
+                d += 1
+            dev[e] = d % len(free)
+            free[dev[e]] -= 1
             d += 1
-        dev[e] = d % len(free)
-        free[dev[e]] -= 1
-        d += 1
-    layers = [LayerPlacement(dev.copy(), np.arange(E), np.ones(E)) for _ in range(L)]
-    pl = Placement(layers, E, expert_bytes)
-    pl.predicted = predict(pl, loads, cluster)
+        layers.append(LayerPlacement(dev, np.arange(E), np.ones(E)))
+    layers = [LayerPlacement(layers[0].device.copy(), np.arange(E), np.ones(E)) for _ in range(L)] if uniform \
+        else layers
+    pl = Placement(layers, E, expert_bytes, layout="uniform" if uniform else "pooled")
+    pl.predicted = predict(pl, loads, cluster, **predict_options)
     return pl

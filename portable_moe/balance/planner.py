@@ -1,11 +1,15 @@
-"""Heterogeneity-aware expert placement: equalise time (tokens / throughput), per-device slots from memory,
-incremental re-planning under a bytes-moved budget.
+"""Heterogeneity-aware expert placement: equalise time (tokens / throughput) within each device's memory
+(summed over layers), keep tokens inside vendor islands when the bridge between them costs more than it
+saves, and re-plan incrementally under a bytes-moved budget.
 
 Shapes: L layers, E experts, D devices, N nodes, G expert groups. host [L, E, D] bool says which device holds
-a replica of which expert; share [L, E, D] float is the fraction of an expert's tokens each replica takes.
-Pipeline: replica counts (water-filling on load per replica) -> heterogeneous LPT onto devices with free slots
--> multiplicative share solve (converges to the min-max-time shares of the hosting graph) -> greedy replica
-moves on the bottleneck device of the worst layer -> split of every replica's tokens by source node (by_node).
+a replica of which expert; share [L, E, D] float is the fraction of an expert's tokens each replica takes;
+caps [L, D] the replicas each device may hold per layer (memory.layer_caps); mask [L, E] the experts a
+(sub-)plan must host. Pipeline: replica counts (water-filling on load per replica) -> heterogeneous LPT onto
+devices with free slots -> multiplicative share solve (min-max-time shares of the hosting graph) -> greedy
+replica moves on the bottleneck device of the worst layer. On a cluster of several vendors the same runs
+once per island on the tokens that island serves (islands.py), and each layer keeps whichever plan the
+communication-inclusive time model (comm.py) predicts faster. Tokens are routed node-first, island-second.
 """
 
 from __future__ import annotations
@@ -13,39 +17,49 @@ from __future__ import annotations
 import numpy as np
 
 from .cluster import BalanceError, Cluster, check_expert_bytes
-from .placement import Placement, placement_from_dense, predict, validate_loads, validate_placement
+from .comm import DEFAULT_TOKEN_BYTES, comm_predict, route, step_loads
+from .islands import island_plan, replan_within_islands
+from .memory import check_fits, check_layout, layer_caps
+from .placement import (
+    Placement,
+    device_time,
+    placement_from_dense,
+    predict,
+    validate_loads,
+    validate_placement,
+)
 
 LOCALITY_PENALTY = 0.05  # relative time a replica may give up to stay on its group's home node
+UNLIMITED = 1 << 60
 
 
-def replica_counts(loads: np.ndarray, total: np.ndarray, cap: int) -> np.ndarray:
-    """loads [L, E], total [L] replicas per layer, cap max replicas per expert -> counts [L, E] (>= 1).
-
-    Minimises max load / count: counts = clip(ceil(load / lam), 1, cap) with lam found by bisection, the rest
-    of the slots going one each to the experts with the highest load per replica."""
-    L, E = loads.shape
-    lo, hi = np.zeros(L), loads.max(1) + 1e-12
+def replica_counts(loads: np.ndarray, total: np.ndarray, cap: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """loads [L, E], total [L] replicas per layer, cap max replicas per expert -> counts [L, E] (>= 1 where
+    mask, 0 elsewhere). Minimises max load / count: counts = clip(ceil(load / lam), 1, cap) with lam found by
+    bisection, the rest of the slots going one each to the experts with the highest load per replica."""
+    m = np.ones(loads.shape, np.int64) if mask is None else mask.astype(np.int64)
+    lo, hi = np.zeros(len(loads)), loads.max(1) + 1e-12
     for _ in range(50):
         lam = (lo + hi) / 2
-        cnt = np.clip(np.ceil(loads / np.maximum(lam[:, None], 1e-300)), 1, cap)
+        cnt = np.clip(np.ceil(loads / np.maximum(lam[:, None], 1e-300)), m, cap * m)
         over = cnt.sum(1) > total
         lo, hi = np.where(over, lam, lo), np.where(over, hi, lam)
-    cnt = np.clip(np.ceil(loads / hi[:, None]), 1, cap).astype(np.int64)
+    cnt = np.clip(np.ceil(loads / hi[:, None]), m, cap * m).astype(np.int64)
     rest = total - cnt.sum(1)
-    per = np.where(cnt < cap, loads / cnt, -1.0)
+    per = np.where((cnt < cap) & (m > 0), loads / np.maximum(cnt, 1), -1.0)
     rank = np.argsort(np.argsort(-per, axis=1, kind="stable"), axis=1)
     cnt += (rank < rest[:, None]) & (per >= 0)
     return cnt
 
 
-def group_home_nodes(
-    loads: np.ndarray, groups: int, node: np.ndarray, thr: np.ndarray, slots: np.ndarray
-) -> np.ndarray:
+def group_home_nodes(loads: np.ndarray, groups: int, node: np.ndarray, thr: np.ndarray, caps: np.ndarray
+                     ) -> np.ndarray:
     """loads [L, E] -> home node [L, E]: groups packed heaviest-first onto the node with the least time,
     as long as the node has slots left for the group's experts."""
     L, E = loads.shape
     N = int(node.max()) + 1
-    node_thr, node_slots = np.bincount(node, thr, N), np.bincount(node, slots, N)
+    node_thr = np.bincount(node, thr, N)
+    node_slots = caps @ np.eye(N)[node]  # [L, N]
     gsize = E // groups
     gload = loads.reshape(L, groups, gsize).sum(2)
     home = np.zeros((L, groups), np.int64)
@@ -62,43 +76,54 @@ def group_home_nodes(
     return np.repeat(home, gsize, axis=1)
 
 
-def assign_replicas(
-    loads: np.ndarray,
-    counts: np.ndarray,
-    thr: np.ndarray,
-    slots: np.ndarray,
-    node: np.ndarray,
-    home: np.ndarray | None,
-    fit: bool = False,
-) -> np.ndarray:
-    """Heterogeneous LPT: replicas (load/count each) heaviest first onto the free-slot device that finishes
-    earliest (penalised off the expert's home node). loads, counts [L, E] -> host [L, E, D] bool."""
+def assign_replicas(loads: np.ndarray, counts: np.ndarray, thr: np.ndarray, caps: np.ndarray, node: np.ndarray,
+                    home: np.ndarray | None, fit: bool = False) -> np.ndarray:
+    """Heterogeneous LPT: replicas (load/count each) heaviest first onto the device with a free slot that
+    finishes earliest (penalised off the expert's home node). loads, counts [L, E] -> host [L, E, D] bool."""
     L, E = loads.shape
     D = len(thr)
-    piece = loads / counts
-    reps = np.repeat(np.arange(E), counts.max(0))  # padded replica list, same for every layer
-    valid = np.concatenate([np.arange(k) for k in counts.max(0)])[None, :] < counts[:, reps]
-    size = np.where(valid, piece[:, reps], -1.0)
-    order = np.argsort(-size, axis=1, kind="stable")
+    piece = loads / np.maximum(counts, 1)
+    R = counts.sum(1)
+    exp, size = np.zeros((L, int(R.max())), np.int64), np.full((L, int(R.max())), -1.0)  # replicas, heaviest first
+    for i in range(L):
+        e = np.repeat(np.arange(E), counts[i])
+        order = np.argsort(-piece[i, e], kind="stable")
+        exp[i, : R[i]], size[i, : R[i]] = e[order], piece[i, e[order]]
     rows = np.arange(L)
     host, tok, used = np.zeros((L, E, D), bool), np.zeros((L, D)), np.zeros((L, D), np.int64)
     cap = (loads.sum(1) / thr.sum())[:, None] * thr  # [L, D] fluid token capacity
-    for k in range(order.shape[1]):
-        col = order[:, k]
-        e, p, ok = reps[col], size[rows, col], valid[rows, col]
+    for k in range(exp.shape[1]):
+        e, p, ok = exp[:, k], size[:, k], size[:, k] >= 0
         score = (tok + np.maximum(p, 0)[:, None]) / thr
         if fit:  # best fit: piece closest to the device's remaining capacity per free slot, if it fits
-            avg = np.maximum(cap - tok, 1e-12) / np.maximum(slots - used, 1)
+            avg = np.maximum(cap - tok, 1e-12) / np.maximum(caps - used, 1)
             close = np.abs(np.log(np.maximum(p, 1e-12)[:, None] / avg))
             score = np.where(tok + p[:, None] <= cap * (1 + 1e-9), close, 1e6 + score)
         if home is not None:
             score = score * (1 + LOCALITY_PENALTY * (node[None, :] != home[rows, e][:, None]))
-        score[(used >= slots) | host[rows, e]] = np.inf
+        score[(used >= caps) | host[rows, e]] = np.inf
         d = score.argmin(1)
         ok &= np.isfinite(score[rows, d])
         host[rows[ok], e[ok], d[ok]] = True
         tok[rows[ok], d[ok]] += p[ok]
         used[rows[ok], d[ok]] += 1
+    return _cover(host, counts > 0, caps)
+
+
+def _cover(host: np.ndarray, need: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Give every needed expert without a replica one, in a free slot or in place of an extra replica of
+    another expert (the LPT order can leave the last free slots on devices that already host the expert)."""
+    for i, e in np.argwhere(need & ~host.any(2)):
+        used, count = host[i].sum(0), host[i].sum(1)
+        free = np.nonzero(used < caps[i])[0]
+        if len(free):
+            host[i, e, free[0]] = True
+            continue
+        spare = host[i] & (count > 1)[:, None]  # [E, D] replicas whose expert has another
+        if not spare.any():
+            raise BalanceError(f"layer {i}: {int(caps[i].sum())} slots cannot hold its {int(need[i].sum())} experts")
+        e2, d = np.argwhere(spare)[0]
+        host[i, e2, d], host[i, e, d] = False, True
     return host
 
 
@@ -125,9 +150,9 @@ def solve_shares(
     for i in range(iters):
         x = x / np.bincount(le, x, L * E)[le]
         t = np.bincount(ld, x * w, L * D) * inv / np.repeat(fluid, D)  # [L*D] time / fluid
-        if i % 10 == 0:
+        if i % 5 == 0:
             worst = float(t.max())
-            if prev - worst < 1e-5 * worst:
+            if prev - worst < 2e-5 * worst:
                 break
             prev = worst
         x = x * np.clip(1.0 / np.maximum(t, 1e-12), 0.05, 20.0)[ld] ** alpha
@@ -137,35 +162,10 @@ def solve_shares(
     return out
 
 
-def node_split(share: np.ndarray, node: np.ndarray, frac: np.ndarray) -> np.ndarray:
-    """Route each node's tokens to replicas on the same node first, the rest proportionally.
-    share [L, E, D], node [D], frac [N] -> by_node [L, E, D, N]: fraction of node n's tokens of expert e that
-    replica on d takes. Sum over d is 1 for every (e, n); by_node @ frac == share."""
-    N = len(frac)
-    onehot = np.eye(N)[node]  # [D, N]
-    demand = share @ onehot  # [L, E, N] share hosted on node n
-    local = np.minimum(frac, demand)  # served locally
-    used = np.where(
-        demand > 0, local / np.maximum(demand, 1e-300), 0.0
-    )  # fraction of node's hosted share used
-    loc = share * used[..., node]  # [L, E, D] share served to own node
-    spare = share - loc  # [L, E, D]
-    supply = frac - local  # [L, E, N]
-    total = np.maximum(supply.sum(-1, keepdims=True), 1e-300)  # [L, E, 1]
-    a = spare[..., None] * (supply / total)[:, :, None, :]  # [L, E, D, N] tokens n -> d, in share units
-    a += loc[..., None] * onehot
-    return a / frac
-
-
-def layer_times(loads: np.ndarray, share: np.ndarray, thr: np.ndarray) -> np.ndarray:
-    """loads [L, E], share [L, E, D] -> time [L, D]."""
-    return np.einsum("led,le->ld", share, loads) / thr
-
-
-def _try_move(w: np.ndarray, host: np.ndarray, x: np.ndarray, thr: np.ndarray, slots: np.ndarray):
+def _try_move(w: np.ndarray, host: np.ndarray, x: np.ndarray, thr: np.ndarray, room: np.ndarray):
     """One layer (w [E], host/x [E, D]): add a replica of the bottleneck device's biggest expert on the least
-    loaded device (evicting that device's smallest multi-replica expert if it is full).
-    -> (new host, new share, max time) or None."""
+    loaded device (evicting that device's smallest multi-replica expert unless room [D] says it has a free
+    slot). -> (new host, new share, max time) or None."""
     t = (x * w[:, None]).sum(0) / thr
     dmax = int(t.argmax())
     tok = x[:, dmax] * w
@@ -177,7 +177,7 @@ def _try_move(w: np.ndarray, host: np.ndarray, x: np.ndarray, thr: np.ndarray, s
             if host[e, d] or t[d] >= t[dmax]:
                 continue
             h = host.copy()
-            if h[:, d].sum() >= slots[d]:
+            if not room[d]:
                 on = np.nonzero(h[:, d] & (counts > 1) & (np.arange(len(w)) != e))[0]
                 if len(on) == 0:
                     continue
@@ -191,51 +191,40 @@ def _try_move(w: np.ndarray, host: np.ndarray, x: np.ndarray, thr: np.ndarray, s
     return None
 
 
-def improve(
-    loads: np.ndarray,
-    host: np.ndarray,
-    share: np.ndarray,
-    thr: np.ndarray,
-    slots: np.ndarray,
-    prev: np.ndarray | None,
-    budget: int,
-    min_gain: float,
-    max_tries: int,
-) -> tuple[np.ndarray, ...]:
+def improve(loads: np.ndarray, host: np.ndarray, share: np.ndarray, thr: np.ndarray, *, caps: np.ndarray,
+            budget: np.ndarray | None, prev: np.ndarray | None, max_moves: int, min_gain: float, max_tries: int
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy replica moves on the worst layer while each move cuts its max time by >= min_gain (relative)
-    and fewer than `budget` replicas are new relative to `prev` [L, E, D] (None: moves are free)."""
-    t = layer_times(loads, share, thr)
+    and fewer than `max_moves` replicas are new relative to `prev` [L, E, D] (None: moves are free). A device
+    gains a replica without evicting one while it is under caps [L, D] in that layer, or, with `budget` [D]
+    (pooled memory), while all its replicas together stay within the budget."""
+    t = device_time(share, loads, thr)
     fluid = np.maximum(loads.sum(1) / thr.sum(), 1e-300)
     ratio = np.where(loads.sum(1) > 0, t.max(1) / fluid, 1.0)
     active = ratio > 1 + 1e-3
+    total = host.sum((0, 1))  # [D] replicas over all layers
     moves = 0
     for _ in range(max_tries):
-        if not active.any() or moves >= budget:
+        if not active.any() or moves >= max_moves:
             break
         i = int(np.argmax(np.where(active, ratio, -1)))
-        res = _try_move(loads[i], host[i], share[i], thr, slots)
+        room = (total < budget) if budget is not None else (host[i].sum(0) < caps[i])
+        res = _try_move(loads[i], host[i], share[i], thr, room & (host[i].sum(0) < host.shape[1]))
         old = t[i].max()
         if res is None or res[2] > old * (1 - min_gain):
             active[i] = False
             continue
         cost = 0 if prev is None else int((res[0] & ~prev[i]).sum() - (host[i] & ~prev[i]).sum())
-        if moves + cost > budget:
+        if moves + cost > max_moves:
             active[i] = False
             continue
         moves += cost
+        total += res[0].sum(0) - host[i].sum(0)
         host[i], share[i] = res[0], res[1]
         t[i] = (share[i] * loads[i][:, None]).sum(0) / thr
         ratio[i] = t[i].max() / fluid[i]
         active[i] = ratio[i] > 1 + 1e-3
     return host, share
-
-
-def check_capacity(E: int, slots: np.ndarray) -> None:
-    if slots.sum() < E:
-        raise BalanceError(
-            f"cluster memory cannot hold every expert: {int(slots.sum())} total slots "
-            f"(memory_bytes // expert_bytes summed over devices) < {E} experts"
-        )
 
 
 def check_groups(E: int, groups: int | None) -> None:
@@ -245,72 +234,136 @@ def check_groups(E: int, groups: int | None) -> None:
         raise BalanceError(f"groups={groups!r} must be a positive integer dividing the {E} experts")
 
 
-def plan(
-    loads,
-    cluster: Cluster,
-    expert_bytes: int,
-    groups: int | None = None,
-    previous: Placement | None = None,
-    max_move_bytes: int | None = None,
-    by_node: bool = True,
-) -> Placement:
-    """Place experts for loads [L, E] on `cluster`. With `previous`, re-plan incrementally: shares are
-    re-solved for free and replicas move only within `max_move_bytes` (default: only when a move cuts a
-    layer's max time by >= 1%). Returns a Placement with moved_bytes and predicted filled in."""
+def check_count(name: str, value, limit: int = UNLIMITED) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                              or not 0 <= value <= limit):
+        raise BalanceError(f"{name} must be an integer from 0 to {limit}, got {value!r}")
+
+
+def plan(loads, cluster: Cluster, expert_bytes: int, *, groups: int | None = None,
+         previous: Placement | None = None, max_move_bytes: int | None = None, layout: str = "pooled",
+         token_bytes: int = DEFAULT_TOKEN_BYTES, tokens_per_step: int | None = None) -> Placement:
+    """Place experts for loads [L, E] on `cluster` within each device's memory (all layers together).
+    layout "uniform" gives every layer the same slots per device; "pooled" lets hot layers take more.
+    token_bytes (dispatch + combine of one token copy) and tokens_per_step (copies per layer and step; None:
+    the loads as given) size the communication the plan is scored with (0 bytes: compute only).
+    With `previous`, re-plan incrementally: shares are re-solved for free and replicas move only within
+    `max_move_bytes` (default: only when a move cuts a layer's max time by >= 1%).
+    Returns a Placement with moved_bytes and predicted filled in."""
     loads = validate_loads(loads)
     expert_bytes = check_expert_bytes(expert_bytes)
+    layout = check_layout(layout)
     L, E = loads.shape
     check_groups(E, groups)
-    thr, node, slots = cluster.throughput, cluster.node, cluster.slots(expert_bytes)
-    check_capacity(E, slots)
-    if max_move_bytes is not None and (
-        not isinstance(max_move_bytes, (int, np.integer)) or max_move_bytes < 0
-    ):
-        raise BalanceError(f"max_move_bytes must be a non-negative integer, got {max_move_bytes!r}")
+    check_count("max_move_bytes", max_move_bytes)
+    check_count("token_bytes", token_bytes, 1 << 40)
+    check_count("tokens_per_step", tokens_per_step, 10**15)
+    budget = cluster.budget(expert_bytes)
+    check_fits(L, E, budget, expert_bytes, layout)
+    steps = step_loads(loads, tokens_per_step)
     if previous is None:
-        host, share = _from_scratch(loads, thr, slots, node, groups, cluster.num_devices)
-        host, share = improve(loads, host, share, thr, slots, None, 1 << 60, 1e-3, 4 * L)
+        host, share, by_node = _new_plan(loads, cluster, budget, layout, groups, token_bytes, steps)
         moved = 0
     else:
-        prev = _previous_host(previous, cluster, loads.shape, expert_bytes)
-        host = prev.copy()
-        share = solve_shares(loads, host, thr, previous.dense(cluster.num_devices)[1])
-        budget = (1 << 60) if max_move_bytes is None else int(max_move_bytes) // expert_bytes
-        min_gain = 0.01 if max_move_bytes is None else 1e-3
-        host, share = improve(loads, host, share, thr, slots, prev, budget, min_gain, 3 * L + budget)
-        moved = int((host & ~prev).sum()) * expert_bytes
-    bn = node_split(share, node, cluster.node_fraction()) if by_node else None
-    pl = placement_from_dense(host, share, bn, expert_bytes)
+        host, share, by_node = _replan(loads, cluster, previous, expert_bytes, layout, budget, max_move_bytes,
+                                       token_bytes, steps)
+        moved = int((host & ~(previous.dense(cluster.num_devices)[0] > 0)).sum()) * expert_bytes
+    by_node = route(share, cluster) if by_node is None else by_node
+    pl = placement_from_dense(host, share, by_node, expert_bytes, layout)
     pl.moved_bytes = moved
-    pl.predicted = predict(pl, loads, cluster)
+    validate_placement(pl, cluster)  # memory and shares, as any consumer will check them
+    pl.predicted = predict(pl, loads, cluster, token_bytes=token_bytes, tokens_per_step=tokens_per_step)
     return pl
 
 
-def _from_scratch(loads, thr, slots, node, groups, D) -> tuple[np.ndarray, np.ndarray]:
+def _new_plan(loads, cluster, budget, layout, groups, token_bytes, steps):
+    """Compute-only over the whole cluster; where nodes or vendors differ and tokens cost bytes, per layer the
+    faster of that and the top-down plans that keep tokens in their island (and node). -> host, share, by_node."""
+    caps = layer_caps(loads, budget, layout)
+    host, share = _compute_only(loads, cluster, caps, budget if layout == "pooled" else None, groups)
+    if token_bytes == 0 or (cluster.num_nodes == 1 and cluster.island.max() == 0):
+        return host, share, None
+    islands_span_nodes = len(set(zip(cluster.island, cluster.node))) > cluster.island.max() + 1
+    by_node = None
+    for levels in (2, 1) if cluster.island.max() > 0 and islands_span_nodes else (2,):
+        other = island_plan(loads, cluster, caps, groups, token_bytes, steps, levels)
+        host, share, by_node = _faster(steps, (host, share), other, cluster, token_bytes)
+    return host, share, by_node
+
+
+def _compute_only(loads, cluster, caps, budget, groups) -> tuple[np.ndarray, np.ndarray]:
+    thr = cluster.throughput
+    host, share = from_scratch(loads, thr, caps, cluster.node, groups)
+    return improve(loads, host, share, thr, caps=caps, budget=budget, prev=None, max_moves=UNLIMITED,
+                   min_gain=1e-3, max_tries=4 * len(loads))
+
+
+def from_scratch(loads, thr, caps, node, groups, mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """loads [L, E], caps [L, D] -> (host, share) of the better of earliest-finish and best-fit LPT per layer."""
     L, E = loads.shape
-    total = np.full(L, min(int(slots.sum()), E * D))
-    counts = replica_counts(loads, total, D)
-    home = group_home_nodes(loads, groups, node, thr, slots) if groups and node.max() > 0 else None
+    D = len(thr)
+    need = np.ones((L, E), bool) if mask is None else mask
+    counts = replica_counts(loads, np.minimum(caps.sum(1), need.sum(1) * D), D, need)
+    home = group_home_nodes(loads, groups, node, thr, caps) if groups and node.max() > 0 else None
     best = None
+    fluid = loads.sum(1) / thr.sum()
     for fit in (False, True):  # earliest finish (LPT) and best fit per slot; keep the better per layer
-        host = assign_replicas(loads, counts, thr, slots, node, home, fit)
-        missing = ~host.any(2)
-        if missing.any():  # slots ran out on the devices a cold expert could use: should not happen, be loud
-            i, e = np.argwhere(missing)[0]
-            raise BalanceError(f"could not place expert {e} of layer {i}: no device has a free slot")
+        host = assign_replicas(loads, counts, thr, caps, node, home, fit)
         share = solve_shares(loads, host, thr)
-        mx = layer_times(loads, share, thr).max(1)
+        mx = device_time(share, loads, thr).max(1)
         if best is None:
             best = (host, share, mx)
+            if (mx <= fluid * 1.001).all():  # at the bound already
+                break
             continue
         better = mx < best[2]
         best[0][better], best[1][better] = host[better], share[better]
     return best[0], best[1]
 
 
-def _previous_host(
-    previous: Placement, cluster: Cluster, shape: tuple[int, int], expert_bytes: int
-) -> np.ndarray:
+def _faster(steps, a, b, cluster, token_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer, the (host, share) pair with the lower predicted layer time (compute + communication).
+    -> (host, share, by_node)."""
+    ra, rb = route(a[1], cluster), route(b[1], cluster)
+    ta = comm_predict(steps, a[1], ra, cluster, token_bytes)["layer_s"]
+    tb = comm_predict(steps, b[1], rb, cluster, token_bytes)["layer_s"]
+    pick = tb < ta * (1 - 1e-9)
+    for x, y in ((a[0], b[0]), (a[1], b[1]), (ra, rb)):
+        x[pick] = y[pick]
+    return a[0], a[1], ra
+
+
+def _replan(loads, cluster, previous, expert_bytes, layout, budget, max_move_bytes, token_bytes, steps):
+    """Moves from the previous hosting under the budget, planned compute-only over the whole cluster and, on
+    several islands, inside each island on the tokens it served before (islands.replan_within_islands); per
+    layer the faster of the two while the moves stay within the budget, else the faster plan as a whole."""
+    L, E = loads.shape
+    prev = _previous_host(previous, cluster, loads.shape, expert_bytes)
+    thr = cluster.throughput
+    old_share = previous.dense(cluster.num_devices)[1]
+    moves = {"caps": np.repeat(np.minimum(budget // L, E)[None, :], L, axis=0),
+             "budget": budget if layout == "pooled" else None,
+             "max_moves": UNLIMITED if max_move_bytes is None else int(max_move_bytes) // expert_bytes,
+             "min_gain": 0.01 if max_move_bytes is None else 1e-3}
+    moves["max_tries"] = 3 * L + min(moves["max_moves"], L * E)
+    host, share = improve(loads, prev.copy(), solve_shares(loads, prev, thr, old_share), thr, prev=prev, **moves)
+    if cluster.island.max() == 0 or token_bytes == 0:
+        return host, share, None
+    a = (host, share)
+    b = replan_within_islands(loads, prev, old_share, cluster, moves)
+    new_a, new_b = ((x[0] & ~prev).sum((1, 2)) for x in (a, b))  # [L] new replicas per layer
+    ra, rb = route(a[1], cluster), route(b[1], cluster)
+    ta = comm_predict(steps, a[1], ra, cluster, token_bytes)["layer_s"]
+    tb = comm_predict(steps, b[1], rb, cluster, token_bytes)["layer_s"]
+    pick = tb < ta * (1 - 1e-9)
+    if np.where(pick, new_b, new_a).sum() > moves["max_moves"]:
+        pick[:] = tb.sum() < ta.sum()
+    for x, y in ((a[0], b[0]), (a[1], b[1]), (ra, rb)):
+        x[pick] = y[pick]
+    return a[0], a[1], ra
+
+
+def _previous_host(previous: Placement, cluster: Cluster, shape: tuple[int, int], expert_bytes: int) -> np.ndarray:
     if (previous.num_layers, previous.num_experts) != shape:
         raise BalanceError(
             f"previous placement is {previous.num_layers} layers x {previous.num_experts} experts "

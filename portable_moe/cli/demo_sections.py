@@ -70,32 +70,37 @@ def backends_table(graph, params, device, out):
 
 
 def balance(graph, params, device, out):
-    """A DeepSeek-like skewed load on a mixed NVIDIA/AMD cluster: our plan against EPLB, then a re-plan."""
-    from ..balance import Cluster, Device, eplb_placement, plan, predict
-    from ..balance.plot import plot_device_times
+    """A DeepSeek-like skewed load on a mixed NVIDIA/AMD cluster: our plan against EPLB at the same memory
+    (all layers together), compute and communication, then a re-plan under a move budget."""
+    from ..balance import Cluster, ClusterDevice, eplb_placement, plan
+    from ..balance.plot import plot_device_times, step_ratio
 
     rng = np.random.default_rng(0)
-    loads = rng.zipf(1.6, size=(4, 64)).clip(max=500).astype(float) * 100
-    cluster = Cluster(tuple(
-        [Device(f"h100-{i}", "nvidia", "H100", 0, 989.0, 18 * 2**20) for i in range(4)]
-        + [Device(f"mi300x-{i}", "amd", "MI300X", 1, 1307.0, 30 * 2**20) for i in range(4)]))
-    expert_bytes = 2**20
-    eplb = predict(eplb_placement(loads, cluster, expert_bytes), loads, cluster)["summary"]
+    layers, experts, expert_bytes = 4, 64, 2**20
+    loads = rng.zipf(1.6, size=(layers, experts)).clip(max=500).astype(float) * 100
+    cluster = Cluster(tuple(  # throughput: token copies / s; memory: 18 or 30 expert copies per layer
+        [ClusterDevice(f"h100-{i}", "nvidia", "H100", 0, 11.2e6, 18 * layers * expert_bytes) for i in range(4)]
+        + [ClusterDevice(f"mi300x-{i}", "amd", "MI300X", 1, 14.8e6, 30 * layers * expert_bytes) for i in range(4)]))
+    eplb = eplb_placement(loads, cluster, expert_bytes).predicted
     t0 = time.perf_counter()
     ours = plan(loads, cluster, expert_bytes)
     took = time.perf_counter() - t0
-    mine = predict(ours, loads, cluster)
-    print(f"cluster 4 x H100 + 4 x MI300X, 4 layers x 64 experts, skewed load: step time / fluid bound: "
-          f"ours {mine['summary']['step_time'] / mine['summary']['fluid_step_time']:.3f}, "
-          f"EPLB {eplb['step_time'] / eplb['fluid_step_time']:.3f} (planned in {took * 1e3:.0f} ms)")
-    drifted = loads * rng.uniform(0.8, 1.25, size=loads.shape)
-    again = plan(drifted, cluster, expert_bytes, previous=ours)
+    mine, used = ours.predicted, ours.predicted["memory"]
+    print(f"cluster 4 x H100 + 4 x MI300X, {layers} layers x {experts} experts, skewed load, same memory for both "
+          f"(ours uses {sum(used['used_bytes']) / 2**20:.0f} of {sum(used['budget_bytes']) / 2**20:.0f} MiB, "
+          f"EPLB {sum(eplb['memory']['used_bytes']) / 2**20:.0f} MiB)")
+    print(f"compute step / fluid bound: ours {step_ratio(mine):.3f}, EPLB {step_ratio(eplb):.3f}; with "
+          f"communication: ours {mine['summary']['step_s'] * 1e3:.3f} ms, EPLB {eplb['summary']['step_s'] * 1e3:.3f} "
+          f"ms per step (flow bound {mine['summary']['bound_step_s'] * 1e3:.3f} ms); across the vendor bridge: "
+          f"ours {mine['summary']['bytes_per_class']['other_vendor'] / 2**20:.1f} MiB, EPLB "
+          f"{eplb['summary']['bytes_per_class']['other_vendor'] / 2**20:.1f} MiB (planned in {took * 1e3:.0f} ms)")
+    drifted = np.roll(loads, 3, axis=1) * rng.uniform(0.8, 1.25, size=loads.shape)
+    again = plan(drifted, cluster, expert_bytes, previous=ours, max_move_bytes=8 * expert_bytes)
     total = sum(len(layer.expert) for layer in ours.layers) * expert_bytes
-    print(f"re-plan after load drift moved {again.moved_bytes / 2**20:.0f} MiB of {total / 2**20:.0f} MiB of "
-          f"replicas; ratio {predict(again, drifted, cluster)['summary']['mean_ratio']:.3f}")
+    print(f"re-plan after the hot experts changed moved {again.moved_bytes / 2**20:.0f} MiB of {total / 2**20:.0f} "
+          f"MiB of replicas (budget 8 MiB); compute step / fluid bound {step_ratio(again.predicted):.3f}")
     out.mkdir(parents=True, exist_ok=True)
-    eplb_pred = predict(eplb_placement(loads, cluster, expert_bytes), loads, cluster)
-    plot_device_times(eplb_pred, mine, cluster, out / "placement.png", before_label="EPLB")
+    plot_device_times(mine, eplb, cluster, out / "placement.png", other_label="EPLB")
     print(f"plot: {out / 'placement.png'}")
 
 

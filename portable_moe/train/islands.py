@@ -134,13 +134,13 @@ def island_plan(loads: np.ndarray, cluster: balance.Cluster, expert_bytes: int,
     for n in range(N):
         ranks = np.flatnonzero(node == n)
         sub = balance.Cluster(tuple(cluster.devices[r] for r in ranks))
-        slots = int(sub.slots(expert_bytes).sum())
+        slots = int((sub.budget(expert_bytes) // L).sum())
         if slots < E:
             raise TrainError(f"placement=islands: island {n} ({len(ranks)} ranks) has {slots} expert slots for "
                              f"{E} experts per layer; use placement=balanced")
         prev = None if previous is None else _island_part(previous, D, ranks, n)
         budget = None if max_move_bytes is None else max_move_bytes // N
-        p = balance.plan(loads * frac[n], sub, expert_bytes, previous=prev, max_move_bytes=budget, by_node=False)
+        p = balance.plan(loads * frac[n], sub, expert_bytes, previous=prev, max_move_bytes=budget)
         count, share = p.dense(len(ranks))
         host[:, :, ranks], by_node[:, :, ranks, n] = count > 0, share
         moved += p.moved_bytes

@@ -17,19 +17,19 @@ from .islands import device_of, island_index, island_plan, vendor_of
 HEADROOM = 1.5  # expert slots per rank: 1.5x its speed-proportional share, so hot experts can be replicated
 
 
-def cluster_of(cfg: TrainConfig, experts: int, expert_bytes: int) -> balance.Cluster:
+def cluster_of(cfg: TrainConfig, layers: int, experts: int, expert_bytes: int) -> balance.Cluster:
     """The job's ranks as the balancer's devices, vendor islands as its nodes; memory is sized in expert
-    slots (speed-proportional with headroom) so the plan spreads experts instead of copying every expert
-    everywhere. With placement=islands the speed share is taken inside the rank's island (one copy of the
-    experts per island)."""
+    slots per layer (speed-proportional with headroom; memory_bytes covers all layers) so the plan spreads
+    experts instead of copying every expert everywhere. With placement=islands the speed share is taken
+    inside the rank's island (one copy of the experts per island)."""
     speeds = [cfg.speed(r) for r in range(cfg.world)]
     node = island_index(cfg.devices)
     total = [sum(s for s, n in zip(speeds, node) if cfg.placement != "islands" or n == node[r])
              for r in range(cfg.world)]
     slots = [max(1, math.ceil(HEADROOM * experts * s / t)) for s, t in zip(speeds, total)]
-    return balance.Cluster(tuple(balance.Device(name=f"rank{r}", vendor=vendor_of(d), model=device_of(d),
-                                                node=node[r], throughput=speeds[r],
-                                                memory_bytes=slots[r] * expert_bytes)
+    return balance.Cluster(tuple(balance.ClusterDevice(name=f"rank{r}", vendor=vendor_of(d), model=device_of(d),
+                                                       node=node[r], throughput=speeds[r],
+                                                       memory_bytes=slots[r] * layers * expert_bytes)
                                  for r, d in enumerate(cfg.devices)))
 
 
@@ -39,16 +39,16 @@ def initial(cfg: TrainConfig, layers: int, experts: int, expert_bytes: int) -> b
     each vendor island, every island serving its own tokens."""
     uniform = np.ones((layers, experts))
     if cfg.placement == "islands":
-        return island_plan(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
+        return island_plan(uniform, cluster_of(cfg, layers, experts, expert_bytes), expert_bytes)
     if cfg.placement == "even":
-        return balance.even_placement(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
-    return balance.plan(uniform, cluster_of(cfg, experts, expert_bytes), expert_bytes)
+        return balance.even_placement(uniform, cluster_of(cfg, layers, experts, expert_bytes), expert_bytes)
+    return balance.plan(uniform, cluster_of(cfg, layers, experts, expert_bytes), expert_bytes)
 
 
 def replan(loads: np.ndarray, cfg: TrainConfig, expert_bytes: int,
            previous: balance.Placement | None = None) -> balance.Placement:
     """From observed loads [L, E]; with `previous`, incrementally within cfg.max_move_bytes."""
-    cluster = cluster_of(cfg, loads.shape[1], expert_bytes)
+    cluster = cluster_of(cfg, *loads.shape, expert_bytes)
     if cfg.placement == "islands":
         return island_plan(loads, cluster, expert_bytes, previous, cfg.max_move_bytes)
     if previous is None:
@@ -70,4 +70,5 @@ def tables(placement: balance.Placement, world: int) -> tuple[torch.Tensor, torc
 
 
 def from_json(obj: dict, cfg: TrainConfig) -> balance.Placement:
-    return balance.placement_from_json(obj, cluster_of(cfg, obj["num_experts"], obj["expert_bytes"]))
+    cluster = cluster_of(cfg, len(obj["layers"]), obj["num_experts"], obj["expert_bytes"])
+    return balance.placement_from_json(obj, cluster)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from portable_moe.balance import BalanceError, Cluster, Device, eplb_placement, rebalance_experts
+from portable_moe.balance import BalanceError, Cluster, ClusterDevice, eplb_placement, rebalance_experts
 
 
 def test_rebalance_structure_hierarchical():
@@ -36,10 +36,13 @@ def test_global_policy_when_groups_do_not_split():
 
 
 def test_eplb_placement_and_memory_failure():
-    devs = tuple(Device(f"g{i}", "v", "m", i // 2, 1.0, (2 if i else 1) * 10) for i in range(4))
+    """EPLB gets the same memory as ours, counted over all layers: 3 layers x 1 slot on the smallest device."""
+    devs = tuple(ClusterDevice(f"g{i}", "v", "m", i // 2, 1.0, (2 if i else 1) * 30) for i in range(4))
     cl = Cluster(devs)
-    w = np.ones((1, 6))
-    with pytest.raises(BalanceError, match=r"smallest device \(1 slots\) x 4 devices = 4 < 6 experts"):
-        eplb_placement(w, cl, 10)
-    pl = eplb_placement(np.ones((1, 4)), cl, 10)
+    with pytest.raises(BalanceError, match=r"smallest device \(1 slots per layer\) x 4 devices = 4 < 6 experts"):
+        eplb_placement(np.ones((3, 6)), cl, 10)
+    pl = eplb_placement(np.ones((3, 4)), cl, 10)
     assert np.allclose(np.bincount(pl.layers[0].expert, pl.layers[0].share), 1)
+    assert pl.layout == "uniform"
+    used = pl.predicted["memory"]["used_bytes"]
+    assert all(u <= d.memory_bytes for u, d in zip(used, devs)) and used == [30] * 4

@@ -33,7 +33,7 @@ def test_device_labels_name_islands():
 
 def test_island_plan_keeps_each_islands_tokens_home():
     cfg = ISLANDS.with_(speeds=(1.0, 0.5, 1.0, 1.0))
-    cluster = cluster_of(cfg, 8, 1000)
+    cluster = cluster_of(cfg, 2, 8, 1000)
     loads = np.random.default_rng(0).gamma(1.0, size=(2, 8)) + 0.1
     pl = island_plan(loads, cluster, 1000)
     balance.validate_placement(pl, cluster)
@@ -103,7 +103,7 @@ def test_replan_and_migration_keep_island_routing_and_the_maths(tmp_path):
 
 
 def test_island_replan_respects_the_move_budget_and_stays_home():
-    cluster = cluster_of(ISLANDS, 8, 1000)
+    cluster = cluster_of(ISLANDS, 2, 8, 1000)
     rng = np.random.default_rng(1)
     first = island_plan(np.ones((2, 8)), cluster, 1000)
     again = island_plan(rng.gamma(0.5, size=(2, 8)) + 0.01, cluster, 1000, previous=first, max_move_bytes=2000)

@@ -15,8 +15,8 @@ WORK = sm.Workload(hidden=8, expert_ffn=4, experts=2, top_k=1, layers=1, dense_p
 
 
 def two_vendors(thr=(1e3, 2e3)) -> balance.Cluster:
-    return balance.Cluster((balance.Device("a", "nvidia", "x", 0, thr[0], 10**9),
-                            balance.Device("b", "amd", "y", 1, thr[1], 10**9)))
+    return balance.Cluster((balance.ClusterDevice("a", "nvidia", "x", 0, thr[0], 10**9),
+                            balance.ClusterDevice("b", "amd", "y", 1, thr[1], 10**9)))
 
 
 def one_each() -> Placement:
@@ -59,7 +59,7 @@ def test_links_parse_the_cluster_files_classes():
 
 def test_sharded_bridge_spreads_the_leaders_ring_over_the_island():
     vendors = ["nvidia"] * 2 + ["amd"] * 2
-    devs = tuple(balance.Device(f"g{i}", v, "x", i // 2, 1.0, 10**9) for i, v in enumerate(vendors))
+    devs = tuple(balance.ClusterDevice(f"g{i}", v, "x", i // 2, 1.0, 10**9) for i, v in enumerate(vendors))
     links = sm.Links(latency_s=0.0)
     leaders = sm.all_reduce_time(balance.Cluster(devs), links, 1e6, 0)
     sharded = sm.all_reduce_time(balance.Cluster(devs), links, 1e6, 0, sharded_bridge=True)
