@@ -129,6 +129,10 @@ class Backend(ABC):
         """Writes ahead-of-time artifacts for a named target and returns the manifest it wrote."""
         raise BackendError(f"{self.name} does not lower ahead of time")
 
+    def schedule(self, device: Device) -> str | None:
+        """One line on how this backend's kernels are scheduled for the device (tuned for it, from where)."""
+        return None
+
     def check_target(self, target: str):
         if target not in self.targets:
             raise BackendError(f"{self.name}: unknown target '{target}'; supported: {', '.join(self.targets)}")

@@ -34,7 +34,10 @@ DECLINED = {
 
 @dataclass(frozen=True)
 class TVMOptions(BackendOptions):
-    use_tuned: bool = True          # CPU tiles from tuned/cpu.json when this CPU and shape are in it
+    use_tuned: bool = True          # CPU tiles from the shipped table or this machine's tuning (else the model's)
+    tune_seconds: float = 30.0      # first-use tuning budget per large GEMM shape on an unknown CPU; 0 skips it
+    threads: int = 0                # CPU threads (0: every core this process may use)
+    rocm_path: str | None = None    # ROCm folder holding amdgcn/bitcode (default: found in system folders)
 
 
 class TVMBackend(Backend):
@@ -75,26 +78,33 @@ class TVMBackend(Backend):
             raise BackendError(reason)
         self.require_supported(graph, device)
         from .executable import TVMExecutable
+        from .gemm_kernels import CpuTile
         from .lower import plan
-        from .tuned import tile_for
+        from .tuning import tile_for
 
         opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
-        steps = plan(graph, lambda *a: tile_for(*a, use_tuned=opts.use_tuned))
-        return TVMExecutable(graph, device, steps, cache_dir(opts))
+        steps = plan(graph, lambda *a: tile_for(*a, opts) if device.kind == "cpu" else (CpuTile(), "n/a"))
+        return TVMExecutable(graph, device, steps, cache_dir(opts), opts.threads)
+
+    def schedule(self, device: Device) -> str | None:
+        """How the CPU kernels are scheduled here: for which CPU, from where."""
+        if device.kind != "cpu":
+            return "GPU-style schedule (thread blocks, shared memory), not tuned per device" \
+                if device.kind == "opencl" else None
+        from .env import TVM_VERSION
+        from .tuning import SHIPPED, host, read_table
+
+        known = {k.split("|")[1] for k in read_table(SHIPPED) if k.startswith(f"{TVM_VERSION}|")}
+        how = "shipped table" if host().cpu in known else "not in the shipped table: tuned on first use of a " \
+            "large GEMM (Options.tune_seconds), else the register model"
+        return f"CPU tiles for {host().describe()}: {how}"
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
         self.check_target(target)
         from .codegen import lower_graph
 
-        return lower_graph(self, graph, target, Path(out_dir))
-
-
-def demo_line(graph: Graph, out_dir: Path, target: str = "cpu") -> str:
-    """For the demo: lower the graph for one target and describe the artifacts in one line."""
-    from .codegen import summary
-
-    backend = TVMBackend()
-    return summary(backend.lower(graph, target, Path(out_dir), backend.Options()))
+        opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
+        return lower_graph(self, graph, target, Path(out_dir), opts)
 
 
 def cache_dir(options: BackendOptions) -> Path:

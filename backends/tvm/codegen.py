@@ -15,16 +15,17 @@ from pathlib import Path
 
 from ...ir import Graph
 from ..base import BackendError, write_manifest
-from .env import TVM_VERSION, cpu_target, host_cpu, rocm_path, tvm
+from .env import TVM_VERSION, cpu_target, host_cpu, rocm_bitcode, tvm
 from .executable import module_of
+from .gemm_kernels import CpuTile
 from .lower import Step, plan
-from .tuned import tile_for
+from .tuning import tile_for
 
 SOURCE_SUFFIX = {"cuda": ".cu", "opencl": ".cl", "metal": ".metal", "rocm": ".s"}
 CAPTURED: list[bytes] = []       # code objects handed to TVM's ROCm link callback
 
 
-def target_of(name: str):
+def target_of(name: str, options):
     kind, _, arch = name.partition(":")
     host = {"kind": "llvm"}
     if kind == "cpu":
@@ -32,7 +33,7 @@ def target_of(name: str):
     if kind == "cuda":
         return tvm.target.Target({"kind": "cuda", "arch": arch}, host=host)
     if kind == "rocm":
-        if rocm_path() is None:
+        if rocm_bitcode(options.rocm_path) is None:
             raise BackendError("tvm: rocm target needs the ROCm device libraries (Debian: rocm-device-libs)")
         return tvm.target.Target({"kind": "rocm", "mcpu": arch}, host=host)
     return tvm.target.Target({"kind": kind}, host=host)
@@ -114,7 +115,7 @@ def native_stderr_filtered(noise: tuple[str, ...]):
                     print(line, file=sys.stderr)
 
 
-def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path) -> dict:
+def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options) -> dict:
     from ..devices import cpu_device
 
     # every target gets the CPU's op set in float32; other nodes are listed, not lowered
@@ -126,8 +127,9 @@ def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path) -> dict:
         capture_rocm_link()
     kernels = []
     with native_stderr_filtered(NATIVE_NOISE):
-        target = target_of(target_name)
-        for step in plan(graph, lambda *a: tile_for(*a), skip={s["node"] for s in skipped}):
+        target = target_of(target_name, options)
+        tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (CpuTile(), "n/a"))
+        for step in plan(graph, tiles, skip={s["node"] for s in skipped}):
             kernels.append({"kernel": file_stem(step), "op": step.op, "nodes": [n.name for n in step.nodes],
                             "target": target_name, "tvm_version": TVM_VERSION,
                             "artifacts": lower_step(step, target_name, target, out_dir)})
@@ -135,12 +137,3 @@ def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path) -> dict:
     if target_name == "cpu":
         extra["mcpu"] = host_cpu()
     return write_manifest(out_dir, backend.name, target_name, graph, kernels, **extra)
-
-
-def summary(manifest: dict) -> str:
-    """One line for the demo: target, kernel count, the kinds of artifacts written."""
-    stages = sorted({s for k in manifest["kernels"] for s in k["artifacts"]})
-    line = (f"tvm {manifest['tvm_version']} -> {manifest['target']}: {len(manifest['kernels'])} kernels "
-            f"({', '.join(stages)})")
-    skipped = manifest.get("not_lowered", [])
-    return line + (f"; {len(skipped)} node(s) left to other backends" if skipped else "")

@@ -16,7 +16,7 @@ from ...ir import Graph
 from ..base import Executable
 from ..devices import Device
 from . import cache, opencl_runtime
-from .env import tvm
+from .env import host_cpu, tvm, use_threads
 from .lower import Step
 
 
@@ -105,15 +105,16 @@ class OpenCLCall:
 class TVMExecutable(Executable):
     differentiable = False
 
-    def __init__(self, graph: Graph, device: Device, steps: list[Step], cache_dir: Path):
+    def __init__(self, graph: Graph, device: Device, steps: list[Step], cache_dir: Path, threads: int = 0):
         super().__init__(graph, device)
-        self.steps, self.calls, self.packed = steps, [], PackedWeights()
+        self.steps, self.calls, self.packed, self.threads = steps, [], PackedWeights(), threads
         if device.kind == "opencl":
             self.target = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
             self.calls = [self.opencl_call(s, cache_dir) for s in steps]
         else:
             from .env import cpu_target
 
+            use_threads(threads)
             self.target = cpu_target()
             self.calls = [self.cpu_call(s, cache_dir) for s in steps]
 
@@ -143,7 +144,15 @@ class TVMExecutable(Executable):
                     (f" ({s.tuning} tile)" if s.tuning != "n/a" else "")
         return out
 
+    @property
+    def notes(self) -> list[str]:
+        """For why(): where each GEMM's CPU tile came from."""
+        return [f"{s.nodes[0].name}: tile {s.spec['tile']['MT']}x{s.spec['tile']['NB']}x{s.spec['tile']['NC']} "
+                f"({s.tuning}, {host_cpu()})" for s in self.steps if s.tuning != "n/a"]
+
     def run(self, inputs: Mapping, params: Mapping) -> list:
+        if self.device.kind == "cpu":
+            use_threads(self.threads)
         env = {**inputs, **params}
         with torch.no_grad():
             for step, call in zip(self.steps, self.calls):

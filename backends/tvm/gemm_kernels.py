@@ -19,21 +19,24 @@ from tvm.script import tirx as T
 
 @dataclass(frozen=True)
 class CpuTile:
-    """MT rows x NB columns in registers; NC column blocks per parallel job."""
+    """MT rows x NB columns of accumulators in vector registers; NC column blocks per parallel job (their
+    weight panels stay in L2 while the expert's rows stream past them)."""
 
-    MT: int = 8
-    NB: int = 32
+    MT: int = 6
+    NB: int = 16
     NC: int = 4
 
     def fit(self, n: int) -> CpuTile:
         """The largest tile of this shape whose column block divides n."""
-        nb = next(b for b in (self.NB, 32, 16, 8, 4, 2, 1) if b <= self.NB and n % b == 0)
-        nc = next(c for c in (self.NC, 4, 2, 1) if c <= self.NC and (n // nb) % c == 0)
+        nb = next(b for b in (self.NB, 64, 32, 16, 8, 4, 2, 1) if b <= self.NB and n % b == 0)
+        nc = next(c for c in (self.NC, 8, 4, 2, 1) if c <= self.NC and (n // nb) % c == 0)
         return CpuTile(self.MT, nb, nc)
 
 
 def gmm_cpu(E: int, N: int, K: int, tile: CpuTile, swiglu: bool = False):
-    """y = x @ w[e] (+ bias) per segment; with swiglu, y[:, f] = silu(g) * u for columns f, F + f of w."""
+    """y = x @ w[e] (+ bias) per segment; with swiglu, y[:, f] = silu(g) * u for columns f, F + f of w.
+    One parallel job per (column group, expert), experts fastest, so every thread sees every expert
+    whatever the routing skew; inside a job the expert's rows pass MT at a time over NC weight panels."""
     F = N // 2 if swiglu else N
     tile = tile.fit(F)
     MT, NB, NC = tile.MT, tile.NB, tile.NC
@@ -46,6 +49,22 @@ def gmm_cpu(E: int, N: int, K: int, tile: CpuTile, swiglu: bool = False):
         else:
             Y[r, n] = g + Bias[n]
 
+    @T.macro
+    def tile_rows(X, W, Y, Bias, acc, up, e, r0, n0, m_count):
+        for m in T.unroll(m_count):
+            for n in T.vectorized(NB):
+                acc[m, n] = T.float32(0)
+                up[m, n] = T.float32(0)
+        for k in range(K):
+            for m in T.unroll(m_count):
+                for n in T.vectorized(NB):
+                    acc[m, n] = acc[m, n] + X[r0 + m, k] * W[e, n0 // NB, k, n]
+                    if swiglu:
+                        up[m, n] = up[m, n] + X[r0 + m, k] * W[e, (F + n0) // NB, k, n]
+        for m in T.unroll(m_count):
+            for n in T.vectorized(NB):
+                store(Y, r0 + m, n0 + n, acc[m, n], up[m, n], Bias)
+
     @T.prim_func
     def gmm(x: T.handle, w: T.handle, off: T.handle, b: T.handle, y: T.handle):
         T.func_attr({"global_symbol": "gmm", "tirx.noalias": True})
@@ -57,38 +76,15 @@ def gmm_cpu(E: int, N: int, K: int, tile: CpuTile, swiglu: bool = False):
         Y = T.match_buffer(y, (R, F), "float32")
         acc = T.alloc_buffer((MT, NB), "float32", scope="local")
         up = T.alloc_buffer((MT, NB), "float32", scope="local")
-        for e in range(E):
-            for job in T.parallel((Off[e + 1] - Off[e] + MT - 1) // MT * NBLK):
-                r0 = Off[e] + job // NBLK * MT
-                rows = T.min(Off[e + 1] - r0, MT)
+        for job in T.parallel(E * NBLK):
+            e = job % E
+            full = (Off[e + 1] - Off[e]) // MT
+            for t in range(full):
                 for c in range(NC):
-                    n0 = (job % NBLK * NC + c) * NB
-                    if rows == MT:
-                        for m in T.unroll(MT):
-                            for n in T.vectorized(NB):
-                                acc[m, n] = T.float32(0)
-                                up[m, n] = T.float32(0)
-                        for k in range(K):
-                            for m in T.unroll(MT):
-                                for n in T.vectorized(NB):
-                                    acc[m, n] = acc[m, n] + X[r0 + m, k] * W[e, n0 // NB, k, n]
-                                    if swiglu:
-                                        up[m, n] = up[m, n] + X[r0 + m, k] * W[e, (F + n0) // NB, k, n]
-                        for m in T.unroll(MT):
-                            for n in T.vectorized(NB):
-                                store(Y, r0 + m, n0 + n, acc[m, n], up[m, n], Bias)
-                    else:
-                        for m in range(rows):
-                            for n in T.vectorized(NB):
-                                acc[0, n] = T.float32(0)
-                                up[0, n] = T.float32(0)
-                            for k in range(K):
-                                for n in T.vectorized(NB):
-                                    acc[0, n] = acc[0, n] + X[r0 + m, k] * W[e, n0 // NB, k, n]
-                                    if swiglu:
-                                        up[0, n] = up[0, n] + X[r0 + m, k] * W[e, (F + n0) // NB, k, n]
-                            for n in T.vectorized(NB):
-                                store(Y, r0 + m, n0 + n, acc[0, n], up[0, n], Bias)
+                    tile_rows(X, W, Y, Bias, acc, up, e, Off[e] + t * MT, (job // E * NC + c) * NB, MT)
+            for m in range(Off[e] + full * MT, Off[e + 1]):
+                for c in range(NC):
+                    tile_rows(X, W, Y, Bias, acc, up, e, m, (job // E * NC + c) * NB, 1)
 
     return gmm
 

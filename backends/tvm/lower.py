@@ -184,10 +184,10 @@ def dense_step(node: Node, types: dict) -> Step:
     return Step(node.op, [node], spec, kernels, run)
 
 
-def plan(graph, tile_for: Callable[[str, int, int, int], tuple[CpuTile, str]], skip=frozenset()) -> list[Step]:
+def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile, str]], skip=frozenset()) -> list[Step]:
     """One step per node (except those named in skip); grouped_matmul feeding only a swiglu runs as one
-    kernel with the SwiGLU epilogue. tile_for(op, E, N, K) gives the CPU tile and where it came from
-    ('tuned' or 'default')."""
+    kernel with the SwiGLU epilogue. tile_for(op, E, N, K, swiglu) gives the CPU tile and where it came
+    from (tuning.tile_for)."""
     types = graph.types()
     epilogues = swiglu_epilogues(graph)
     fused: set[str] = set(skip)
@@ -201,15 +201,15 @@ def plan(graph, tile_for: Callable[[str, int, int, int], tuple[CpuTile, str]], s
             swi = node.name in epilogues
             nodes = [node, epilogues[node.name]] if swi else [node]
             fused.update(n.name for n in nodes[1:])
-            tile, how = tile_for("grouped_matmul", E, N, K)
+            tile, how = tile_for("grouped_matmul", E, N, K, swi)
             steps.append(gmm_step("grouped_matmul", nodes, E, N, K, tile, how, swi, False))
         elif node.op == "linear":
             N, K = types[node.inputs[1]].shape
-            tile, how = tile_for("linear", 1, N, K)
+            tile, how = tile_for("linear", 1, N, K, False)
             steps.append(linear_step(node, N, K, tile, how))
         elif node.op == "router":
             E, H = types[node.inputs[1]].shape
-            steps.append(router_step(node, H, E, tile_for("linear", 1, E, H)[0]))
+            steps.append(router_step(node, H, E, tile_for("linear", 1, E, H, False)[0]))
         elif node.op == "dispatch":
             steps.append(dispatch_step(node, types[node.inputs[0]].shape[-1], node.attrs["num_experts"],
                                        types[node.inputs[1]].shape[-1]))

@@ -1,0 +1,153 @@
+"""CPU tiles for the grouped GEMM (gemm_kernels.CpuTile), taken from the first of:
+
+1. the shipped table (tuned/cpu.json) and this machine's own results (tuned-cpu.json in the cache
+   dir), keyed by TVM version, CPU (LLVM's name) and shape bucket;
+2. a short tuning pass now, for a large GEMM on a CPU neither knows: a handful of candidate tiles,
+   bounded by Options.tune_seconds, progress on stderr; the winner is saved as in 1;
+3. the register model: LLVM's vector width and register count for this CPU give MT x NB accumulators
+   that fill the registers, and L2's size gives NC weight panels that fit half of it.
+
+Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features, R rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from .env import TVM_VERSION, cpu_target, host_cpu, tvm
+from .gemm_kernels import CpuTile, gmm_cpu
+
+SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
+TUNE_FROM = 1 << 20             # N * K: smaller GEMMs run the model's tile (tuning would cost more than it saves)
+
+
+@dataclass(frozen=True)
+class Host:
+    cpu: str
+    lanes: int                  # float32 lanes of the vectors LLVM will use
+    registers: int              # vector registers
+    l2_bytes: int
+
+    def describe(self) -> str:
+        return f"{self.cpu} ({self.lanes * 32}-bit vectors, {self.registers} registers, L2 {self.l2_bytes >> 10} KiB)"
+
+
+@cache
+def host() -> Host:
+    target = cpu_target()
+    features = set(tvm.target.codegen.llvm_get_cpu_features(target))
+    wide = "avx512f" in features and "prefer-256-bit" not in features
+    lanes = 16 if wide else 8 if "avx2" in features or "avx" in features else 4
+    registers = 32 if "avx512f" in features or "neon" in features else 16
+    return Host(host_cpu(), lanes, registers, l2_size())
+
+
+def l2_size() -> int:
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                text = (index / "size").read_text().strip().upper()
+                return int(text.rstrip("KM")) << (20 if text.endswith("M") else 10)
+        except (OSError, ValueError):
+            continue
+    return 1 << 20
+
+
+def shape_key(op: str, N: int, K: int, swiglu: bool) -> str:
+    def bucket(n):
+        return 1 << (n - 1).bit_length()
+    return f"{TVM_VERSION}|{host().cpu}|{op}{'+swiglu' if swiglu else ''}|n{bucket(N)}|k{bucket(K)}"
+
+
+def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
+    """The register model's tiles, best first: per vectors-per-row nv, the most rows that fit."""
+    h, s = host(), 2 if swiglu else 1
+    scored = []
+    for nv in (1, 2, 3, 4):
+        mt = min(14, (h.registers - 1 - nv * s) // (nv * s))
+        if mt < 2:
+            continue
+        acc, loads = mt * nv * s, mt + nv * s
+        nb = nv * h.lanes
+        panels = max(1, h.l2_bytes // 2 // (K * nb * 4 * s))
+        nc = min(8, 1 << (panels.bit_length() - 1))
+        scored.append((acc / max(acc, loads), acc, CpuTile(mt, nb, nc)))
+    tiles = [t for *_, t in sorted(scored, key=lambda x: x[:2], reverse=True)]
+    best = tiles[0]
+    return [best, CpuTile(best.MT, best.NB, max(1, best.NC // 2)), CpuTile(best.MT, best.NB, min(8, best.NC * 2)),
+            *tiles[1:3], CpuTile(max(2, best.MT - 4), best.NB, best.NC)]
+
+
+def read_table(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return {k: CpuTile(**v["tile"]) for k, v in data["entries"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}          # missing or damaged: tuned again, and rewritten
+
+
+def save(path: Path, key: str, tile: CpuTile, gflops: float):
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        entries = data.get("entries", {}) if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = {"tile": asdict(tile), "gflops": round(gflops, 1), "when": time.strftime("%Y-%m-%d")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": "portable_moe.tvm.tuned", "version": 2, "entries": entries}, indent=1))
+    os.replace(tmp, path)
+
+
+def measure(E: int, N: int, K: int, swiglu: bool, tile: CpuTile, repeat: int = 3) -> float:
+    """GFLOP/s of one tile on ~256 rows per expert of random data (best of `repeat`)."""
+    func = tvm.compile(gmm_cpu(E, N, K, tile, swiglu), target=cpu_target())
+    rows, F, nb = 256 * E, N // 2 if swiglu else N, tile.fit(N // 2 if swiglu else N).NB
+    tensors = (torch.randn(rows, K), torch.randn(E, N // nb, K, nb), torch.linspace(0, rows, E + 1).round().long(),
+               torch.zeros(N), torch.empty(rows, F))
+    args = [tvm.runtime.from_dlpack(t) for t in tensors]
+    func(*args)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func(*args)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * rows * N * K / best / 1e9
+
+
+def tune(E: int, N: int, K: int, swiglu: bool, seconds: float) -> tuple[CpuTile, float]:
+    start, results = time.perf_counter(), []
+    tiles = list(dict.fromkeys(candidates(N, K, swiglu)))
+    label = f"grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K}"
+    for i, tile in enumerate(tiles):
+        results.append((measure(E, N, K, swiglu, tile), tile))
+        spent = time.perf_counter() - start
+        print(f"tvm: tuning {label} for {host().cpu}: {i + 1}/{len(tiles)} tiles, {spent:.0f} s, best "
+              f"{max(results, key=lambda r: r[0])[0]:.0f} GFLOP/s", file=sys.stderr, flush=True)
+        if spent > seconds:
+            break
+    gflops, tile = max(results, key=lambda r: r[0])
+    return tile, gflops
+
+
+def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options) -> tuple[CpuTile, str]:
+    """The tile for one GEMM and where it came from: 'shipped table', 'tuned here', 'register model'."""
+    key = shape_key(op, N, K, swiglu)
+    if options.use_tuned:
+        local = Path(options.cache_dir) / "tuned-cpu.json" if options.cache_dir else None
+        tables = (("shipped table", read_table(SHIPPED)), ("tuned here", read_table(local) if local else {}))
+        for source, table in tables:
+            if key in table:
+                return table[key], source
+        if local and options.tune_seconds > 0 and N * K >= TUNE_FROM:
+            tile, gflops = tune(E, N, K, swiglu, options.tune_seconds)
+            save(local, key, tile, gflops)
+            return tile, "tuned here"
+    return candidates(N, K, swiglu)[0], "register model"
