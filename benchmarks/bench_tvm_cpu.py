@@ -79,7 +79,7 @@ def bench_shape(H, Fw, E, K, T, repeat, cache_dir):
     x = torch.randn(T, H)
     backend = TVMBackend()
     t0 = time.perf_counter()
-    exe = backend.compile(graph, cpu_device(), backend.Options(cache_dir=cache_dir))
+    exe = backend.compile(graph, cpu_device(), backend.Options(cache_dir=cache_dir, threads=torch.get_num_threads()))
     compile_s = time.perf_counter() - t0
     p = {"router.weight": params["router.weight"], "K": K, "gate_up": params["experts.gate_up"].unbind(0),
          "down": params["experts.down"].unbind(0), "gate_up_END": params["experts.gate_up"],
@@ -111,7 +111,7 @@ def bench_shape(H, Fw, E, K, T, repeat, cache_dir):
 
 def table(results, threads: int, load: float) -> str:
     lines = [
-        f"## {threads} thread(s): torch.set_num_threads({threads}), TVM_NUM_THREADS={threads}\n",
+        f"## {threads} thread(s): torch.set_num_threads({threads}), TVMOptions(threads={threads})\n",
         f"Load average before this table: {load:.1f} (a shared machine: other jobs ran alongside).\n",
         "| shape | HF loop GF/s | torch sorted GF/s | TVM layer GF/s | TVM / best torch | TVM GEMMs GF/s | "
         "fp32 matmul GF/s (now) | GEMMs / matmul | tile | compile s | rel. err vs HF loop |",
@@ -148,11 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tvm.md"))
     parser.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count() or 1, 1],
-                        help="thread counts to run (TVM reads TVM_NUM_THREADS once, so all but the first "
-                             "run in a fresh process)")
+                        help="thread counts to run (all but the first in a fresh process)")
     args = parser.parse_args(argv)
     threads, rest = args.threads[0], args.threads[1:]
-    os.environ["TVM_NUM_THREADS"] = str(threads)          # before TVM is first imported (on compile)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     load = os.getloadavg()[0]

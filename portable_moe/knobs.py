@@ -27,6 +27,9 @@ KNOBS = (
     Knob("PORTABLE_MOE_CACHE_DIR", "~/.cache/portable_moe", "compile caches, tuned configs, conformance results"),
     Knob("PORTABLE_MOE_VALIDATE", "0", "fraction of calls (0..1) re-run on the reference to check numerics"),
     Knob("PORTABLE_MOE_VALIDATE_RAISE", "0", "1: a shadow-validation failure raises instead of warning"),
+    Knob("PORTABLE_MOE_TVM_THREADS", "0", "TVM CPU threads (0: every core this process may use)"),
+    Knob("PORTABLE_MOE_TVM_TUNE_SECONDS", "30", "TVM first-use tuning budget, s per large GEMM on a new CPU (0: skip)"),
+    Knob("ROCM_PATH", "", "ROCm folder with amdgcn/bitcode for TVM's ROCm code generation (else found)"),
 )
 
 
@@ -80,6 +83,29 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
 def prefer_offline_hub():
     """Hugging Face stays offline unless the user said otherwise (the demo builds its models locally)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def number(name: str, kind: type, least: float = 0):
+    text = raw(name)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = least - 1
+    if not value >= least:         # NaN too
+        raise KnobError(f"{name}={text!r} must be a{'n integer' if kind is int else ' number'} >= {least}")
+    return value
+
+
+def tvm_threads() -> int:
+    return number("PORTABLE_MOE_TVM_THREADS", int)
+
+
+def tvm_tune_seconds() -> float:
+    return number("PORTABLE_MOE_TVM_TUNE_SECONDS", float)
+
+
+def rocm_path() -> str | None:
+    return raw("ROCM_PATH") or None
 
 
 def help_text() -> str:

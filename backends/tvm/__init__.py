@@ -13,9 +13,10 @@ runtime recomputes them with the reference (the declared fallback)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ... import knobs
 from ...ir import DType, Graph
 from ..base import Backend, BackendError, BackendOptions, Executable, Support
 from ..devices import Device
@@ -34,10 +35,12 @@ DECLINED = {
 
 @dataclass(frozen=True)
 class TVMOptions(BackendOptions):
+    """Defaults come from knobs (PORTABLE_MOE_TVM_THREADS, PORTABLE_MOE_TVM_TUNE_SECONDS, ROCM_PATH)."""
+
     use_tuned: bool = True          # CPU tiles from the shipped table or this machine's tuning (else the model's)
-    tune_seconds: float = 30.0      # first-use tuning budget per large GEMM shape on an unknown CPU; 0 skips it
-    threads: int = 0                # CPU threads (0: every core this process may use)
-    rocm_path: str | None = None    # ROCm folder holding amdgcn/bitcode (default: found in system folders)
+    tune_seconds: float = field(default_factory=knobs.tvm_tune_seconds)   # first-use tuning budget per large
+    threads: int = field(default_factory=knobs.tvm_threads)               # GEMM (0: skip); CPU threads (0: all)
+    rocm_path: str | None = field(default_factory=knobs.rocm_path)        # holds amdgcn/bitcode (None: look)
 
 
 class TVMBackend(Backend):

@@ -22,8 +22,8 @@ def backend_row(name: str, devices) -> dict:
         if not backend.executes:
             reason = reason or f"{name}: compiles only, never executes"
         support = backend.support(d)
-        per_device[d.id] = {"usable": reason is None, "reason": reason,
-                            "ops": sorted(support.ops), "declined": dict(support.declined)}
+        per_device[d.id] = {"usable": reason is None, "reason": reason, "ops": sorted(support.ops),
+                            "declined": dict(support.declined), "schedule": None if reason else backend.schedule(d)}
     return {"name": name, "loaded": True, "executes": backend.executes, "deterministic": backend.deterministic,
             "targets": list(backend.targets), "devices": per_device}
 
@@ -65,6 +65,8 @@ def run(args) -> int:
         for dev, row in b["devices"].items():
             state = "usable" if row["usable"] else f"not usable: {row['reason']}"
             print(f"  {b['name']:12} {dev:10} {state}")
+            if row["schedule"]:
+                print(f"  {'':12} {'':10} schedule: {row['schedule']}")
     print("selection (float32):")
     for dev, s in info["selection"].items():
         print(f"  {dev:10} " + (s.get("error") or f"{s['float32']} ({s['source']}; ranked {', '.join(s['ranked'])})"))
