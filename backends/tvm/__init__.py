@@ -81,8 +81,8 @@ class TVMBackend(Backend):
             raise BackendError(reason)
         self.require_supported(graph, device)
         from .executable import TVMExecutable
-        from .gemm_kernels import CpuTile
-        from .lower import plan
+        from .kernels.gemm import CpuTile
+        from .plan import plan
         from .tuning import tile_for
 
         opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..base import sha256_file
 from .env import TVM_VERSION
 
-CODE_FILES = ("gemm_kernels.py", "moe_kernels.py", "dense.py", "lower.py", "attention.py", "loss.py")
+CODE_FILES = ("kernels/gemm.py", "kernels/moe.py", "kernels/dense.py", "plan.py", "kernels/attention.py",
+              "kernels/loss.py")
 STATS: Counter = Counter()       # hit / miss / corrupt, for tests and the demo line
 
 

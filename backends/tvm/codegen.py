@@ -17,8 +17,8 @@ from ...ir import Graph
 from ..base import BackendError, write_manifest
 from .env import TVM_VERSION, cpu_target, host_cpu, rocm_bitcode, tvm
 from .executable import module_of
-from .gemm_kernels import CpuTile
-from .lower import Step, plan
+from .kernels.gemm import CpuTile
+from .plan import Step, plan
 from .tuning import tile_for
 
 SOURCE_SUFFIX = {"cuda": ".cu", "opencl": ".cl", "metal": ".metal", "rocm": ".s"}

@@ -17,7 +17,7 @@ from ..base import Executable
 from ..devices import Device
 from . import cache, opencl_runtime
 from .env import host_cpu, tvm, use_threads
-from .lower import Step
+from .plan import Step
 
 
 def module_of(step: Step, gpu: bool, target) -> tvm.IRModule:

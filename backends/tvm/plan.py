@@ -16,10 +16,12 @@ import torch
 
 from ...ir import IRError, Node
 from ...ir.rewrites import swiglu_epilogues
-from . import dense, gemm_kernels, moe_kernels
-from .attention import attention_step
-from .gemm_kernels import BM, BN, CpuTile
-from .loss import cross_entropy_step
+from .kernels import dense
+from .kernels import gemm as gemm_kernels
+from .kernels import moe as moe_kernels
+from .kernels.attention import attention_step
+from .kernels.gemm import BM, BN, CpuTile
+from .kernels.loss import cross_entropy_step
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""CPU tiles for the grouped GEMM (gemm_kernels.CpuTile), taken from the first of:
+"""CPU tiles for the grouped GEMM (kernels.gemm.CpuTile), taken from the first of:
 
 1. the shipped table (tuned/cpu.json) and this machine's own results (tuned-cpu.json in the cache
    dir), keyed by TVM version, CPU (LLVM's name) and shape bucket;
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .env import TVM_VERSION, cpu_target, host_cpu, tvm
-from .gemm_kernels import CpuTile, gmm_cpu
+from .kernels.gemm import CpuTile, gmm_cpu
 
 SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
 TUNE_FROM = 1 << 20             # N * K: smaller GEMMs run the model's tile (tuning would cost more than it saves)

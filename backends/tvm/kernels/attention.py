@@ -20,8 +20,8 @@ import math
 import torch
 from tvm.script import tirx as T
 
-from ...ir import Node
-from .moe_kernels import THREADS
+from ....ir import Node
+from .moe import THREADS
 
 LOW = -3.0e38       # the running max starts here, not at -inf (no inf - inf on fast-math targets)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from tvm.script import tirx as T
 
-from ...ir import IRError, Node
-from .moe_kernels import THREADS
+from ....ir import IRError, Node
+from .moe import THREADS
 
 
 def rows_kernel(V: int, ignore: int, gpu: bool):

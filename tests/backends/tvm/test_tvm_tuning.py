@@ -8,7 +8,7 @@ import json
 import pytest
 
 from portable_moe.backends.tvm import TVMOptions, tuning
-from portable_moe.backends.tvm.gemm_kernels import CpuTile
+from portable_moe.backends.tvm.kernels.gemm import CpuTile
 
 AVX2 = tuning.Host("znver2", 8, 16, 512 << 10)
 AVX512 = tuning.Host("skylake-avx512", 16, 32, 1 << 20)
