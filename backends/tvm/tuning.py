@@ -67,10 +67,11 @@ def shape_key(op: str, N: int, K: int, swiglu: bool) -> str:
 
 
 def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
-    """The register model's tiles, best first: per vectors-per-row nv, the most rows that fit."""
+    """The register model's tiles, best first. Per vectors-per-row nv, the most rows that fit the
+    registers; the best has enough accumulators to hide FMA latency (>= 12) and the fewest loads per FMA."""
     h, s = host(), 2 if swiglu else 1
     scored = []
-    for nv in (1, 2, 3, 4):
+    for nv in (1, 2, 4):
         mt = min(14, (h.registers - 1 - nv * s) // (nv * s))
         if mt < 2:
             continue
@@ -78,8 +79,8 @@ def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
         nb = nv * h.lanes
         panels = max(1, h.l2_bytes // 2 // (K * nb * 4 * s))
         nc = min(8, 1 << (panels.bit_length() - 1))
-        scored.append((acc / max(acc, loads), acc, CpuTile(mt, nb, nc)))
-    tiles = [t for *_, t in sorted(scored, key=lambda x: x[:2], reverse=True)]
+        scored.append(((acc >= 12, -loads / acc, acc), CpuTile(mt, nb, nc)))
+    tiles = [t for _, t in sorted(scored, key=lambda x: x[0], reverse=True)]
     best = tiles[0]
     return [best, CpuTile(best.MT, best.NB, max(1, best.NC // 2)), CpuTile(best.MT, best.NB, min(8, best.NC * 2)),
             *tiles[1:3], CpuTile(max(2, best.MT - 4), best.NB, best.NC)]

@@ -27,7 +27,7 @@ def registers_used(tile: CpuTile, lanes: int, swiglu: bool) -> int:
 
 
 @pytest.mark.parametrize("h,swiglu,want", [(AVX2, True, (6, 8)), (AVX2, False, (6, 16)),
-                                           (AVX512, True, (14, 16)), (AVX512, False, (14, 32))])
+                                           (AVX512, True, (6, 32)), (AVX512, False, (6, 64))])
 def test_register_model_fills_the_registers_of_each_vector_width(fake_host, h, swiglu, want):
     fake_host(h)
     tiles = tuning.candidates(2816, 1024, swiglu)
