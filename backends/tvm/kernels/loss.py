@@ -10,7 +10,7 @@ import torch
 from tvm.script import tirx as T
 
 from ....ir import IRError, Node
-from .moe import THREADS
+from .moe import THREADS, each_row
 
 
 def rows_kernel(V: int, ignore: int, gpu: bool):
@@ -37,14 +37,7 @@ def rows_kernel(V: int, ignore: int, gpu: bool):
         L = T.match_buffer(logits, (n, V), "float32")
         Tg = T.match_buffer(targets, (n,), "int64")
         Out = T.match_buffer(out, (n, 2), "float32")
-        if gpu:
-            for bx in T.thread_binding((n + THREADS - 1) // THREADS, thread="blockIdx.x"):
-                for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                    if bx * THREADS + tx < n:
-                        body(bx * THREADS + tx, L, Tg, Out)
-        else:
-            for t in T.parallel(n):
-                body(t, L, Tg, Out)
+        each_row(n, gpu, body, L, Tg, Out)
 
     return rows
 

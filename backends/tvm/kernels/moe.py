@@ -14,6 +14,34 @@ from tvm.script import tirx as T
 THREADS = 64
 
 
+@T.macro
+def each_row(n, gpu, body, *args):
+    """body(row, *args) for rows 0..n-1: a parallel loop on the CPU; blocks of THREADS threads on a GPU."""
+    if gpu:
+        for bx in T.thread_binding((n + THREADS - 1) // THREADS, thread="blockIdx.x"):
+            for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
+                if bx * THREADS + tx < n:
+                    body(bx * THREADS + tx, *args)
+    else:
+        for t in T.parallel(n):
+            body(t, *args)
+
+
+@T.macro
+def each_element(n, width, gpu, body, *args):
+    """body(row, column, *args): rows in parallel (CPU) or one block per row, threads over columns (GPU)."""
+    if gpu:
+        for bx in T.thread_binding(n, thread="blockIdx.x"):
+            for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
+                for c0 in range((width + THREADS - 1) // THREADS):
+                    if c0 * THREADS + tx < width:
+                        body(bx, c0 * THREADS + tx, *args)
+    else:
+        for r in T.parallel(n):
+            for c in range(width):
+                body(r, c, *args)
+
+
 def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: str, normalize: bool,
                   scaling: float, gpu: bool):
     """logits[T, E] (float32), score_bias[E] -> weights[T, K], indices[T, K]; scores and selection [T, E]
@@ -115,14 +143,7 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
         Idx = T.match_buffer(indices, (n, K), "int64")
         S = T.match_buffer(scores, (n, E), "float32")
         Q = T.match_buffer(selection, (n, E), "float32")
-        if gpu:
-            for bx in T.thread_binding((n + THREADS - 1) // THREADS, thread="blockIdx.x"):
-                for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                    if bx * THREADS + tx < n:
-                        body(bx * THREADS + tx, L, SB, W, Idx, S, Q)
-        else:
-            for t in T.parallel(n):
-                body(t, L, SB, W, Idx, S, Q)
+        each_row(n, gpu, body, L, SB, W, Idx, S, Q)
 
     return select
 
@@ -194,14 +215,7 @@ def gather_rows(H: int, K: int, gpu: bool):
         X = T.match_buffer(x, (n, H), "float32")
         P = T.match_buffer(order, (R,), "int64")
         Y = T.match_buffer(rows, (R, H), "float32")
-        if gpu:
-            for bx in T.thread_binding((R + THREADS - 1) // THREADS, thread="blockIdx.x"):
-                for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                    if bx * THREADS + tx < R:
-                        body(bx * THREADS + tx, X, P, Y)
-        else:
-            for r in T.parallel(R):
-                body(r, X, P, Y)
+        each_row(R, gpu, body, X, P, Y)
 
     return gather
 
@@ -209,20 +223,17 @@ def gather_rows(H: int, K: int, gpu: bool):
 def inverse_order(gpu: bool):
     """inverse[order[r]] = r: combine reads rows through it."""
 
+    @T.macro
+    def body(r, P, V):
+        V[P[r]] = r
+
     @T.prim_func
     def invert(order: T.handle, inverse: T.handle):
         T.func_attr({"global_symbol": "invert", "tirx.noalias": True})
         R = T.int64()
         P = T.match_buffer(order, (R,), "int64")
         V = T.match_buffer(inverse, (R,), "int64")
-        if gpu:
-            for bx in T.thread_binding((R + THREADS - 1) // THREADS, thread="blockIdx.x"):
-                for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                    if bx * THREADS + tx < R:
-                        V[P[bx * THREADS + tx]] = bx * THREADS + tx
-        else:
-            for r in T.parallel(R):
-                V[P[r]] = r
+        each_row(R, gpu, body, P, V)
 
     return invert
 
@@ -247,16 +258,7 @@ def combine(K: int, H: int, gpu: bool):
         V = T.match_buffer(inverse, (R,), "int64")
         W = T.match_buffer(weights, (n, K), "float32")
         Out = T.match_buffer(out, (n, H), "float32")
-        if gpu:
-            for bx in T.thread_binding(n, thread="blockIdx.x"):
-                for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                    for h0 in range((H + THREADS - 1) // THREADS):
-                        if h0 * THREADS + tx < H:
-                            body(bx, h0 * THREADS + tx, Y, V, W, Out)
-        else:
-            for t in T.parallel(n):
-                for h in range(H):
-                    body(t, h, Y, V, W, Out)
+        each_element(n, H, gpu, body, Y, V, W, Out)
 
     return comb
 
@@ -274,15 +276,6 @@ def swiglu(F: int, gpu: bool):
         n = T.int64()
         X = T.match_buffer(x, (n, 2 * F), "float32")
         Y = T.match_buffer(y, (n, F), "float32")
-        if gpu:
-            for bx in T.thread_binding(n, thread="blockIdx.x"):
-                for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                    for f0 in range((F + THREADS - 1) // THREADS):
-                        if f0 * THREADS + tx < F:
-                            body(bx, f0 * THREADS + tx, X, Y)
-        else:
-            for r in T.parallel(n):
-                for f in range(F):
-                    body(r, f, X, Y)
+        each_element(n, F, gpu, body, X, Y)
 
     return swi
