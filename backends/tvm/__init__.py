@@ -87,19 +87,21 @@ class TVMBackend(Backend):
 
         opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
         steps = plan(graph, lambda *a: tile_for(*a, opts) if device.kind == "cpu" else (CpuTile(), "n/a"))
-        return TVMExecutable(graph, device, steps, cache_dir(opts), opts.threads)
+        return TVMExecutable(graph, device, steps, opts.cache_root(self.name), opts.threads)
 
     def schedule(self, device: Device) -> str | None:
-        """How the CPU kernels are scheduled here: for which CPU, from where."""
+        """Whether the CPU kernels are tuned for this CPU, and from where."""
         if device.kind != "cpu":
             return "GPU-style schedule (thread blocks, shared memory), not tuned per device" \
                 if device.kind == "opencl" else None
         from .env import TVM_VERSION
-        from .tuning import SHIPPED, host, read_table
+        from .tuning import SHIPPED, host, local_table, read_table
 
-        known = {k.split("|")[1] for k in read_table(SHIPPED) if k.startswith(f"{TVM_VERSION}|")}
-        how = "shipped table" if host().cpu in known else "not in the shipped table: tuned on first use of a " \
-            "large GEMM (Options.tune_seconds), else the register model"
+        def knows(path):
+            return any(k.split("|")[:2] == [TVM_VERSION, host().cpu] for k in read_table(path))
+
+        how = "shipped table" if knows(SHIPPED) else "tuned here (first use)" if knows(local_table(TVMOptions())) \
+            else "not tuned for it yet: tuned on first use of a large GEMM (tune_seconds), else the register model"
         return f"CPU tiles for {host().describe()}: {how}"
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
@@ -109,6 +111,3 @@ class TVMBackend(Backend):
         opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
         return lower_graph(self, graph, target, Path(out_dir), opts)
 
-
-def cache_dir(options: BackendOptions) -> Path:
-    return options.cache_root("tvm")

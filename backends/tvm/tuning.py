@@ -86,6 +86,10 @@ def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
             *tiles[1:3], CpuTile(max(2, best.MT - 4), best.NB, best.NC)]
 
 
+def local_table(options) -> Path:
+    return options.cache_root("tvm") / "tuned-cpu.json"
+
+
 def read_table(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -142,12 +146,11 @@ def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options) -> tuple[Cp
     """The tile for one GEMM and where it came from: 'shipped table', 'tuned here', 'register model'."""
     key = shape_key(op, N, K, swiglu)
     if options.use_tuned:
-        local = Path(options.cache_dir) / "tuned-cpu.json" if options.cache_dir else None
-        tables = (("shipped table", read_table(SHIPPED)), ("tuned here", read_table(local) if local else {}))
-        for source, table in tables:
+        local = local_table(options)
+        for source, table in (("shipped table", read_table(SHIPPED)), ("tuned here", read_table(local))):
             if key in table:
                 return table[key], source
-        if local and options.tune_seconds > 0 and N * K >= TUNE_FROM:
+        if options.tune_seconds > 0 and N * K >= TUNE_FROM:
             tile, gflops = tune(E, N, K, swiglu, options.tune_seconds)
             save(local, key, tile, gflops)
             return tile, "tuned here"

@@ -66,3 +66,17 @@ def test_shipped_table_wins_and_a_damaged_table_is_ignored(tmp_path, monkeypatch
     shipped.write_text("{not json")
     (tmp_path / "tuned-cpu.json").write_text('{"entries": {"x": 1}}')
     assert tuning.tile_for("grouped_matmul", 16, 2816, 1024, True, options)[1] == "register model"
+
+
+def test_devices_line_says_whether_this_cpu_is_tuned_and_from_where(tmp_path, monkeypatch, fake_host):
+    from portable_moe.backends.devices import cpu_device
+    from portable_moe.backends.tvm import TVMBackend
+
+    fake_host(AVX2)
+    monkeypatch.setenv("PORTABLE_MOE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "none.json")
+    assert "znver2" in TVMBackend().schedule(cpu_device()) and "not tuned" in TVMBackend().schedule(cpu_device())
+    tuning.save(tmp_path / "tvm" / "tuned-cpu.json", tuning.shape_key("linear", 64, 64, False), CpuTile(), 1.0)
+    assert "tuned here" in TVMBackend().schedule(cpu_device())
+    monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "tvm" / "tuned-cpu.json")
+    assert "shipped table" in TVMBackend().schedule(cpu_device())
