@@ -126,8 +126,8 @@ def table(results, threads: int, load: float) -> str:
                      f"{g['tvm_gemms'] / r['matmul_gflops']:.0%} | {r['tuning']} | {r['compile_s']:.1f} | "
                      f"{r['err']:.1e} |")
     lines.append("\nGF/s counts the expert GEMM flops only (2*T*K*(H*2F + F*H)) for every column, so the "
-                 "layer columns compare whole layers on one scale. 'tile' says whether the grouped-GEMM tile "
-                 "came from the shipped tuned database (backends/tvm/tuned/cpu.json) or is the untuned default.")
+                 "layer columns compare whole layers on one scale. 'tile' says where the grouped-GEMM tiles came "
+                 "from: the shipped table (backends/tvm/tuned/cpu.json), tuning here, or the register model.")
     return "\n".join(lines) + "\n"
 
 
