@@ -111,34 +111,42 @@ def save(path: Path, key: str, tile: CpuTile, gflops: float):
     os.replace(tmp, path)
 
 
-def measure(E: int, N: int, K: int, swiglu: bool, tile: CpuTile, repeat: int = 3) -> float:
-    """GFLOP/s of one tile on ~256 rows per expert of random data (best of `repeat`)."""
+def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile):
+    """One tile compiled, on ~256 rows per expert of random data: a function that times one call."""
     func = tvm.compile(gmm_cpu(E, N, K, tile, swiglu), target=cpu_target())
     rows, F, nb = 256 * E, N // 2 if swiglu else N, tile.fit(N // 2 if swiglu else N).NB
     tensors = (torch.randn(rows, K), torch.randn(E, N // nb, K, nb), torch.linspace(0, rows, E + 1).round().long(),
                torch.zeros(N), torch.empty(rows, F))
     args = [tvm.runtime.from_dlpack(t) for t in tensors]
     func(*args)
-    best = float("inf")
-    for _ in range(repeat):
+
+    def seconds() -> float:
         t0 = time.perf_counter()
         func(*args)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * rows * N * K / best / 1e9
+        return time.perf_counter() - t0
+    return seconds
 
 
-def tune(E: int, N: int, K: int, swiglu: bool, seconds: float) -> tuple[CpuTile, float]:
-    start, results = time.perf_counter(), []
+def tune(E: int, N: int, K: int, swiglu: bool, budget: float, rounds: int = 3) -> tuple[CpuTile, float]:
+    """Compiles candidates while half the budget lasts, then times them in turns (best of `rounds`), so
+    load from other processes falls on every candidate alike."""
+    start, built = time.perf_counter(), []
     tiles = list(dict.fromkeys(candidates(N, K, swiglu)))
-    label = f"grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K}"
+    label = f"grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {host().cpu}"
     for i, tile in enumerate(tiles):
-        results.append((measure(E, N, K, swiglu, tile), tile))
+        built.append((tile, runner(E, N, K, swiglu, tile)))
         spent = time.perf_counter() - start
-        print(f"tvm: tuning {label} for {host().cpu}: {i + 1}/{len(tiles)} tiles, {spent:.0f} s, best "
-              f"{max(results, key=lambda r: r[0])[0]:.0f} GFLOP/s", file=sys.stderr, flush=True)
-        if spent > seconds:
+        print(f"tvm: tuning {label}: compiled {i + 1}/{len(tiles)} tiles, {spent:.0f} s", file=sys.stderr, flush=True)
+        if spent > budget / 2:
             break
-    gflops, tile = max(results, key=lambda r: r[0])
+    best = dict.fromkeys((tile for tile, _ in built), float("inf"))
+    for _ in range(rounds):
+        for tile, run in built:
+            best[tile] = min(best[tile], run())
+    tile = min(best, key=best.get)
+    gflops = 2 * 256 * E * N * K / best[tile] / 1e9
+    print(f"tvm: tuned {label}: tile {tile.MT}x{tile.NB}x{tile.NC}, {gflops:.0f} GFLOP/s, "
+          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return tile, gflops
 
 

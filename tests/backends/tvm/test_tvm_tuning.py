@@ -51,7 +51,7 @@ def test_first_use_tuning_is_bounded_saved_and_reused(tmp_path, capsys, monkeypa
     assert "tuning grouped_matmul 1x1024x1024" in capsys.readouterr().err
     saved = json.loads((tmp_path / "tuned-cpu.json").read_text())["entries"]
     assert list(saved) == [tuning.shape_key("linear", 1024, 1024, False)] and saved[next(iter(saved))]["gflops"] > 0
-    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(tuning, "runner", lambda *a: pytest.fail("measured again"))
     assert tuning.tile_for("linear", 1, 1000, 1000, False, options) == (tile, "tuned here")   # same bucket
 
 
