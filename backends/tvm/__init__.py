@@ -6,10 +6,10 @@ for CUDA (PTX/cubin via nvcc), ROCm (AMDGPU assembly + code object), OpenCL, Met
 TVM itself is imported on first use (it takes ~2 s), not when the backend is discovered.
 
 Every op's arithmetic and data movement runs in TVM kernels. What stays in torch: allocating outputs,
-reshapes, packing expert weights to [E, K, N] once per weight version (CPU), and the input checks that
-must fail cleanly before a kernel could index out of bounds (expert indices and embedding ids in range,
-cross_entropy targets in range, offsets a non-decreasing split). Gradients: not differentiable; the
-runtime recomputes them with the reference (the declared fallback)."""
+reshapes, packing expert weights into column panels once per weight tensor and version (CPU), and the
+input checks that must fail cleanly before a kernel could index out of bounds (expert indices and
+embedding ids in range, cross_entropy targets in range, offsets a non-decreasing split). Gradients:
+not differentiable; the runtime recomputes them with the reference (the declared fallback)."""
 
 from __future__ import annotations
 
