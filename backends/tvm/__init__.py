@@ -86,7 +86,7 @@ class TVMBackend(Backend):
         self.check_target(target)
         from .codegen import lower_graph
 
-        return lower_graph(self, graph, target, Path(out_dir))
+        return lower_graph(self, graph, target, Path(out_dir), cache_dir(options))
 
 
 def demo_line(graph: Graph, out_dir: Path, target: str = "cpu") -> str:
