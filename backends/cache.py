@@ -54,6 +54,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def record_digest(files: dict, meta: dict) -> str:
+    """Covers the metadata as the per-file digests cover the artifacts."""
+    return sha256_bytes(json.dumps({"files": files, "meta": meta}, sort_keys=True).encode())
+
+
 def untrusted(path: Path, follow: bool = False) -> str | None:
     """Why a cache path must not be trusted, or None."""
     try:
@@ -146,7 +151,8 @@ class Store:
         return (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("meta"), dict)
                 and isinstance(record.get("files"), dict) and record["files"]
                 and all(isinstance(n, str) and isinstance(d, str) and n == Path(n).name and n not in ("", ".", "..")
-                        for n, d in record["files"].items()))
+                        for n, d in record["files"].items())
+                and record.get("sha256") == record_digest(record["files"], record["meta"]))
 
     def rebuild(self, root: Path, key: str, build: Callable[[Path], dict]) -> Entry:
         work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
@@ -160,7 +166,7 @@ class Store:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        record = {"format": FORMAT, "files": files, "meta": meta}
+        record = {"format": FORMAT, "files": files, "meta": meta, "sha256": record_digest(files, meta)}
         fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{key}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, sort_keys=True)

@@ -58,7 +58,7 @@ def test_a_changed_artifact_is_rebuilt_saying_so(store, capsys, damage):
 
 
 @pytest.mark.parametrize("damage", ["json", "not_object", "directory", "folder_is_file", "folder_missing",
-                                    "path_in_files", "symlinked_file"])
+                                    "path_in_files", "symlinked_file", "meta_changed"])
 def test_corrupt_metadata_is_rebuilt_without_traceback(store, capsys, damage, tmp_path):
     calls = []
     entry = store.fetch("k", builder(calls))
@@ -77,6 +77,10 @@ def test_corrupt_metadata_is_rebuilt_without_traceback(store, capsys, damage, tm
         entry.path.write_text("x")
     elif damage == "folder_missing":
         (entry.path / "lib.so").unlink()
+    elif damage == "meta_changed":
+        record = json.loads(digest.read_text())
+        record["meta"]["note"] = "edited"
+        digest.write_text(json.dumps(record))
     elif damage == "path_in_files":
         record = json.loads(digest.read_text())
         record["files"] = {"../../outside.so": record["files"]["lib.so"]}
