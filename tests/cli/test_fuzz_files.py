@@ -22,6 +22,7 @@ from portable_moe.ir import to_dict
 from portable_moe.models import build_model, build_moe_layer, preset
 from portable_moe.runtime import results
 
+
 def fuzz(examples: int):
     return settings(max_examples=examples, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -119,7 +120,7 @@ def hf_dir(tmp_path_factory):
     return path
 
 
-@fuzz(30)
+@fuzz(60)
 @given(data=st.data(), action=st.sampled_from(["replace", "delete"]), junk=JUNK)
 def test_fuzzed_hf_configs(hf_dir, tmp_path, capfd, data, action, junk):
     cfg = json.loads((hf_dir / "config.json").read_text())
