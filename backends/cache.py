@@ -108,25 +108,36 @@ class Store:
             problem = f"{self.root} cannot be created ({e.strerror})"
         if problem is None:
             return self.root
-        warn(f"{self.what} cache not used: {problem} (it must be yours and `chmod go-w`); working uncached")
+        return self.go_private(f"{problem} (it must be yours and `chmod go-w`)")
+
+    def go_private(self, problem: str) -> Path:
+        warn(f"{self.what} cache not used: {problem}; working uncached")
         self.private = Path(tempfile.mkdtemp(prefix="portable-moe-uncached-"))
         atexit.register(shutil.rmtree, self.private, True)
         return self.private
 
     def fetch(self, key: str, build: Callable[[Path], dict]) -> Entry:
         root = self.usable_root()
-        entry = self.verified(root, key)
+        entry, problem = self.check(root, key)
         if entry is not None:
             STATS["hit"] += 1
             return entry
-        return self.rebuild(root, key, build)
+        STATS["corrupt" if problem else "miss"] += 1
+        if problem:
+            warn(f"{self.what} cache entry {key} rebuilt: {problem}")
+        try:
+            return self.rebuild(root, key, build)
+        except OSError as e:
+            if root == self.private:
+                raise
+            return self.rebuild(self.go_private(f"writing into {root} failed ({e.strerror or e})"), key, build)
 
-    def verified(self, root: Path, key: str) -> Entry | None:
-        """The entry when its digests and every file check out; None (after saying why) otherwise."""
+    def check(self, root: Path, key: str) -> tuple[Entry | None, str | None]:
+        """(the entry, None) when its record and every file check out; else (None, what is wrong), and
+        (None, None) when there is no entry at all."""
         folder, digest = root / key, root / f"{key}{DIGEST_SUFFIX}"
         if not digest.exists() and not digest.is_symlink():
-            STATS["miss"] += 1
-            return None
+            return None, None
         problem = untrusted(digest) or untrusted(folder)
         try:
             record = None if problem else json.loads(digest.read_bytes())
@@ -140,11 +151,7 @@ class Store:
             problem = problem or untrusted(path)
             if problem is None and sha256_bytes(path.read_bytes()) != want:
                 problem = f"{path} does not match its digest"
-        if problem:
-            STATS["corrupt"] += 1
-            warn(f"{self.what} cache entry {key} rebuilt: {problem}")
-            return None
-        return Entry(folder, dict(files), meta, True)
+        return (None, problem) if problem else (Entry(folder, dict(files), meta, True), None)
 
     @staticmethod
     def well_formed(record) -> bool:
@@ -159,14 +166,16 @@ class Store:
         try:
             meta = build(work)
             files = {p.name: self.seal(p) for p in sorted(work.iterdir()) if p.is_file() and not p.is_symlink()}
+            record = {"format": FORMAT, "files": files, "meta": meta, "sha256": record_digest(files, meta)}
+            theirs, _ = self.check(root, key)       # a concurrent writer finished first: keep its entry
+            if theirs is not None:
+                return Entry(theirs.path, theirs.files, theirs.meta, False)
             folder, digest = root / key, root / f"{key}{DIGEST_SUFFIX}"
             self.remove(digest)
             self.remove(folder)
             os.rename(work, folder)
-        except BaseException:
+        finally:
             shutil.rmtree(work, ignore_errors=True)
-            raise
-        record = {"format": FORMAT, "files": files, "meta": meta, "sha256": record_digest(files, meta)}
         fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{key}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, sort_keys=True)

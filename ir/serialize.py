@@ -113,6 +113,8 @@ def parse_json(text: str | bytes):
         raise IRError("not valid JSON: nested too deeply") from None
     except UnicodeDecodeError as e:
         raise IRError(f"not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:       # e.g. an integer of more digits than Python converts
+        raise IRError(f"not valid JSON: {str(e).split(';')[0]}") from None
 
 
 def from_json(text: str) -> Graph:

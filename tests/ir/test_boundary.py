@@ -68,11 +68,13 @@ def test_only_the_integer_version_is_read(version):
         from_json(json.dumps(obj))
 
 
-def test_deep_nesting_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("text,word", [("[" * 200000, "nested too deeply"),
+                                       ('{"version": ' + "9" * 5000 + "}", "digits")])
+def test_deep_nesting_and_huge_numbers_are_one_line(tmp_path, capsys, text, word):
     path = tmp_path / "deep.json"
-    path.write_text("[" * 200000)
+    path.write_text(text)
     code, _, err = run_cli(["ir", "verify", str(path)], capsys)
-    assert code == 2 and "nested too deeply" in err and err.count("\n") == 1
+    assert code == 2 and word in err and err.count("\n") == 1
 
 
 def test_a_cycle_in_a_huge_graph_is_a_short_line(tmp_path, capsys):
