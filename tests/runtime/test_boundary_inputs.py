@@ -39,10 +39,10 @@ def test_out_of_range_ids_are_refused_alike_on_every_backend(backend, bad, tmp_p
 
 
 def test_the_check_runs_for_direct_executable_calls_too():
+    from portable_moe import registry
     from portable_moe.backends.devices import cpu_device
-    from portable_moe.registry import get_backend
 
-    backend = get_backend("onnxruntime")
+    backend = registry.load("onnxruntime")
     exe = backend.compile(embedding_graph(), cpu_device(), backend.Options())
     with pytest.raises(IRError, match="holds -1"):
         exe.run({"ids": torch.tensor([-1])}, {"emb": torch.randn(16, 8)})
