@@ -12,7 +12,7 @@ from pathlib import Path
 
 import triton
 
-from ..cache import read_json, write_json
+from ..cache import read_json, warn, write_json
 
 DEFAULTS_FILE = Path(__file__).parent / "tuned" / "defaults.json"
 
@@ -72,7 +72,10 @@ class TuningCache:
     def put(self, arch, dtype, n, k, rows, cfg: GemmConfig):
         self.entries[key(arch, dtype, n, k, rows)] = cfg.to_dict()
         if self.path:
-            write_json(self.path, self.entries)
+            try:
+                write_json(self.path, self.entries)
+            except OSError as e:          # the tuned config still serves this process
+                warn(f"triton tuned configs not saved to {self.path} ({e.strerror or e})")
 
 
 CANDIDATES = (GemmConfig(64, 64, 32, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3),

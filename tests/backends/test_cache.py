@@ -161,3 +161,14 @@ def test_read_json_of_a_cache_never_raises(tmp_path, capsys):
     bad.mkdir()
     assert cache.read_json(bad, "tuned configs") == {}
     assert capsys.readouterr().err.count("ignored") == 4
+
+
+def test_tuned_configs_survive_an_unwritable_cache(tmp_path, capsys):
+    from portable_moe.backends.triton.tuning import GemmConfig, TuningCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    tuned = TuningCache(blocker / "triton")
+    tuned.put("sm_90", "bfloat16", 4096, 7168, 3000, GemmConfig(64, 256, 64, 8, 4))
+    assert tuned.get("sm_90", "bfloat16", 4096, 7168, 3000) == (GemmConfig(64, 256, 64, 8, 4), None)
+    assert "not saved" in capsys.readouterr().err
