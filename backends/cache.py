@@ -102,13 +102,13 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             problem = untrusted(self.root, follow=True)
-            if problem is None and not os.access(self.root, os.W_OK | os.X_OK):
+            if problem:
+                problem += " (a cache folder must be yours and `chmod go-w`)"
+            elif not os.access(self.root, os.W_OK | os.X_OK):
                 problem = f"{self.root} is not writable"
         except OSError as e:
             problem = f"{self.root} cannot be created ({e.strerror})"
-        if problem is None:
-            return self.root
-        return self.go_private(f"{problem} (it must be yours and `chmod go-w`)")
+        return self.root if problem is None else self.go_private(problem)
 
     def go_private(self, problem: str) -> Path:
         warn(f"{self.what} cache not used: {problem}; working uncached")
