@@ -5,6 +5,7 @@ with a manifest. TVM 0.27's nvptx target is broken with its LLVM, so CUDA goes t
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -50,6 +51,20 @@ def capture_rocm_link():
     tvm.register_global_func("tvm_callback_rocm_link", link, override=True)
 
 
+def kind_of(target_name: str) -> str:
+    return target_name.partition(":")[0]
+
+
+@functools.cache
+def nvcc_version() -> str | None:
+    """nvcc's version line (it compiles the CUDA target's PTX and cubin), None without nvcc."""
+    exe = shutil.which("nvcc")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    return (proc.stdout.strip().splitlines() or ["unknown"])[-1]
+
+
 def nvcc(source: Path, arch: str, kind: str) -> Path | None:
     exe = shutil.which("nvcc")
     if exe is None:
@@ -92,7 +107,8 @@ def lower_step(step: Step, target_name: str, target, folder: Path) -> dict:
 
 def cached_step(step: Step, target_name: str, target, out_dir: Path, cache_dir: Path, progress) -> tuple[dict, bool]:
     """The step's artifacts, from the cache or compiled into it, copied into out_dir under the step's stem."""
-    key = entry_key(step.spec, str(target), aot=target_name, nvcc=shutil.which("nvcc") is not None)
+    cuda = kind_of(target_name) == "cuda"
+    key = entry_key(step.spec, str(target), aot=target_name, nvcc=nvcc_version() if cuda else None)
     entry = store(cache_dir).fetch(key, lambda folder: progress() or {"artifacts": lower_step(step, target_name,
                                                                                             target, folder)})
     stem, artifacts = file_stem(step), {}
