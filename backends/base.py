@@ -10,6 +10,7 @@ arguments, and asked:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -87,15 +88,73 @@ def node_dtype(node: Node, types: Mapping) -> DType:
     raise IRError("node has no float value", node.name, node.op)
 
 
+# graph inputs that index something: op -> (operand position, the bound from the node and the types)
+INDEX_OPERANDS = {
+    "embedding": (0, lambda node, types: types[node.inputs[1]].shape[0]),
+    "cross_entropy": (1, lambda node, types: types[node.inputs[0]].shape[-1]),
+    "dispatch": (1, lambda node, types: node.attrs["num_experts"]),
+}
+
+
+def index_inputs(graph: Graph) -> list[tuple[str, Node, int | str]]:
+    """(graph input, the node it indexes into, the exclusive upper bound) for each index-valued input."""
+    inputs = {v.name for v in graph.inputs}
+    types = {k: v.type for k, v in graph.values().items()}
+    out = []
+    for node in graph.nodes:
+        if node.op in INDEX_OPERANDS:
+            pos, bound = INDEX_OPERANDS[node.op]
+            if len(node.inputs) > pos and node.inputs[pos] in inputs:
+                out.append((node.inputs[pos], node, bound(node, types)))
+    return out
+
+
+def check_index_inputs(graph: Graph, checks: list, inputs: Mapping, params: Mapping):
+    """The one input check every backend gets: ids, targets and expert indices fed to the graph are in
+    range (a backend would otherwise wrap, clamp or read out of bounds, each differently)."""
+    for name, node, bound in checks:
+        t = inputs.get(name)
+        if t is None or not t.numel():
+            continue
+        if not isinstance(bound, int):
+            bound = params[node.inputs[1]].shape[0] if node.op == "embedding" else None
+        allowed = {node.attrs.get("ignore_index", -100)} if node.op == "cross_entropy" else set()
+        low, high = int(t.min()), int(t.max())
+        bad = [v for v in (low, high) if v not in allowed and (v < 0 or (bound is not None and v >= bound))]
+        if bad:
+            what = {"embedding": "ids", "cross_entropy": "targets", "dispatch": "expert indices"}[node.op]
+            raise IRError(f"{what} out of range [0, {bound}): input '{name}' holds {bad[0]}", node=node.name,
+                          op=node.op)
+
+
 class Executable(ABC):
     """A graph compiled for one device. run() takes the graph inputs and params by name and returns
     the graph outputs in order. When `differentiable`, run() is traced by torch autograd; otherwise
-    the runtime computes gradients by re-running the reference (the documented fallback)."""
+    the runtime computes gradients by re-running the reference (the documented fallback).
+
+    Every subclass's run() is entered through check_index_inputs, so out-of-range ids are refused the
+    same way on every backend, in-tree or plug-in, before any kernel sees them."""
 
     differentiable: ClassVar[bool] = False
 
     def __init__(self, graph: Graph, device: Device):
         self.graph, self.device = graph, device
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is None or getattr(run, "checks_inputs", False):
+            return
+
+        @functools.wraps(run)
+        def checked(self, inputs: Mapping, params: Mapping) -> list:
+            if "_index_checks" not in self.__dict__:
+                self._index_checks = index_inputs(self.graph)
+            check_index_inputs(self.graph, self._index_checks, inputs, params)
+            return run(self, inputs, params)
+
+        checked.checks_inputs = True
+        cls.run = checked
 
     @abstractmethod
     def run(self, inputs: Mapping, params: Mapping) -> list:

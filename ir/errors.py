@@ -10,7 +10,13 @@ class IRError(PortableMoeError):
 
     def __init__(self, problem: str, node: str | None = None, op: str | None = None):
         self.problem, self.node, self.op = problem, node, op
-        where = f"node '{node}'" if node else ""
+        where = f"node '{clip(node, 80)}'" if node else ""
         if op:
-            where += f" (op {op})" if where else f"op {op}"
-        super().__init__(f"{where}: {problem}" if where else problem)
+            where += f" (op {clip(op, 40)})" if where else f"op {clip(op, 40)}"
+        super().__init__(clip(f"{where}: {problem}" if where else problem, 1000))
+
+
+def clip(text: str, limit: int) -> str:
+    """One line of at most about limit characters, whatever names a file held."""
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

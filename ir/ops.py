@@ -7,6 +7,7 @@ executable form of these meanings (torch); every backend must agree with it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,9 +316,11 @@ def normalize_attrs(s: OpSchema, attrs: dict) -> dict:
             continue
         value = attrs[name]
         if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = float(value) if abs(value) < 2**1023 else math.inf
         if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
-            fail(f"attribute '{name}' must be {spec.kind.__name__}, got {value!r}")
+            fail(f"attribute '{name}' must be {spec.kind.__name__}, got {value!r}"[:200])
+        if spec.kind is float and not math.isfinite(value):
+            fail(f"attribute '{name}' must be a finite number, got {value!r}")
         if spec.choices and value not in spec.choices:
             fail(f"attribute '{name}'={value!r} is not one of {list(spec.choices)}")
         problem = spec.check(value) if spec.check else None

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 from .errors import IRError
@@ -88,8 +90,9 @@ def from_dict(obj) -> Graph:
     expect_keys(obj, {"format", "version", "name", "inputs", "params", "nodes", "outputs"}, set(), "IR file")
     if obj["format"] != FORMAT:
         raise IRError(f"format is {obj['format']!r}, expected {FORMAT!r}")
-    if obj["version"] != VERSION:
-        raise IRError(f"IR version {obj['version']!r} is not supported (this build reads version {VERSION})")
+    if type(obj["version"]) is not int or obj["version"] != VERSION:
+        raise IRError(f"IR version {json.dumps(obj['version'])[:40]} is not supported (this build reads version "
+                      f"{VERSION})")
     graph = Graph(
         name=expect(obj["name"], str, "name"),
         inputs=[value_from_dict(v, f"inputs[{i}]") for i, v in enumerate(expect(obj["inputs"], list, "inputs"))],
@@ -100,19 +103,48 @@ def from_dict(obj) -> Graph:
     return verify(graph)
 
 
-def from_json(text: str) -> Graph:
+def parse_json(text: str | bytes):
+    """json.loads with one-line errors, including for nesting too deep for the parser."""
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise IRError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    return from_dict(obj)
+    except RecursionError:
+        raise IRError("not valid JSON: nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise IRError(f"not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:       # e.g. an integer of more digits than Python converts
+        raise IRError(f"not valid JSON: {str(e).split(';')[0]}") from None
+
+
+def from_json(text: str) -> Graph:
+    return from_dict(parse_json(text))
+
+
+MAX_FILE_BYTES = 1 << 30
+
+
+def read_bounded(path: str | Path, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes (never a FIFO or device, which could block), at most limit of them."""
+    path = Path(path)
+    try:
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise IRError(f"{what} {path} is not a regular file")
+            if st.st_size > limit:
+                raise IRError(f"{what} {path} is {st.st_size} bytes, more than the {limit} read")
+            return f.read(limit + 1)[:limit]
+    except OSError as e:
+        raise IRError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def load(path: str | Path) -> Graph:
+    data = read_bounded(path, "IR file")
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise IRError(f"cannot read IR file {path}: {e}") from None
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        raise IRError(f"cannot read IR file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         return from_json(text)
     except IRError as e:

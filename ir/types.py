@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -31,6 +33,9 @@ INTS = frozenset({DType.int64, DType.int32})
 COMPUTE_FLOATS = (DType.float32, DType.float16, DType.bfloat16, DType.float64)
 
 Dim = int | str
+MAX_DIM = 2**31 - 1          # any one dimension (a vocabulary, a width, an expert count)
+MAX_ELEMENTS = 2**40         # any one tensor with every dimension known
+SYMBOL = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)(?:\*(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
 
 
 def parse_dtype(name: str) -> DType:
@@ -62,11 +67,15 @@ class TensorType:
     def __post_init__(self):
         for d in self.shape:
             if isinstance(d, bool) or not isinstance(d, int | str):
-                raise IRError(f"dim {d!r} must be a non-negative int or a symbol name")
-            if isinstance(d, int) and d < 0:
-                raise IRError(f"dim {d} is negative")
-            if isinstance(d, str) and not d:
-                raise IRError("empty dim symbol")
+                raise IRError(f"dim {d!r} must be a non-negative int or a symbol name"[:120])
+            if isinstance(d, int) and not 0 <= d <= MAX_DIM:
+                raise IRError(f"dim {d if abs(d) < 10**15 else f'~1e{len(str(abs(d))) - 1}'} is out of range "
+                              f"0..{MAX_DIM}")
+            if isinstance(d, str) and not SYMBOL.match(d):
+                raise IRError(f"dim {d[:40]!r} is not a symbol name (letters, digits, _; products as a*b)")
+        known = [d for d in self.shape if isinstance(d, int)]
+        if math.prod(known) > MAX_ELEMENTS:
+            raise IRError(f"shape {list(self.shape)} holds more than {MAX_ELEMENTS} elements")
 
     @property
     def rank(self) -> int:

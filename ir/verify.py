@@ -53,9 +53,17 @@ def check_order(graph: Graph):
                 raise IRError(f"input '{i}' is not defined anywhere (dangling value)", node.name, node.op)
             cycle = find_cycle(graph, node)
             if cycle:
-                raise IRError(f"cycle through nodes {' -> '.join(cycle)}", node.name, node.op)
+                raise IRError(f"cycle through nodes {shorten(cycle)}", node.name, node.op)
             raise IRError(f"input '{i}' is used before node '{producers[i].name}' defines it", node.name, node.op)
         defined.update(v.name for v in node.outputs)
+
+
+def shorten(cycle: list[str], keep: int = 6) -> str:
+    """A cycle's node names for one line: all of a short one, the ends of a long one."""
+    names = [n[:60] for n in cycle]
+    if len(names) <= 2 * keep:
+        return " -> ".join(names)
+    return f"{' -> '.join(names[:keep])} -> ... ({len(names) - 2 * keep} more) -> {' -> '.join(names[-keep:])}"
 
 
 def find_cycle(graph: Graph, start: Node) -> list[str] | None:

@@ -61,8 +61,21 @@ def validate_fraction() -> float:
     return value
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def flag(name: str) -> bool:
+    """A boolean knob: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    text = raw(name)
+    if text.strip().lower() in TRUE:
+        return True
+    if text.strip().lower() in FALSE:
+        return False
+    raise KnobError(f"{name}={text!r} must be one of {'/'.join(TRUE)} or {'/'.join(f for f in FALSE if f)}")
+
+
 def validate_raise() -> bool:
-    return raw("PORTABLE_MOE_VALIDATE_RAISE") not in ("", "0", "false", "no")
+    return flag("PORTABLE_MOE_VALIDATE_RAISE")
 
 
 def torchrun_rank() -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ...ir import ALL_OPS, DType, Graph
 from ...ir.onnx.export import export, save
 from ..base import Backend, BackendError, BackendOptions, Executable, Support, write_manifest
+from ..cache import safe_name
 from ..devices import Device
 from .convert import param_key, to_numpy, to_torch
 from .providers import available_providers, choose, provider_options
@@ -61,7 +62,7 @@ class OrtExecutable(Executable):
         if weight_bytes < LARGE_MODEL_BYTES:
             return model.SerializeToString()
         cache = self.options.cache_root("onnxruntime")
-        path = cache / f"{self.graph.name}-{id(self)}" / "model.onnx"
+        path = cache / f"{safe_name(self.graph.name)}-{id(self)}" / "model.onnx"
         return str(save(model, path, external_data=True))
 
     def _make_session(self, model):

@@ -2,14 +2,14 @@
 any machine (no GPU needed): PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD), intermediate stages on
 request, manifest.json. With options.backward, the training kernels too (grouped GEMM dx/dw, SwiGLU,
 combine and dispatch backward), each instance marked "pass": "backward" in the manifest. Compiled kernels
-are cached on disk (cache_dir/lower/<key>/), keyed by kernel source, signature, constexprs, launch options,
-target and Triton version."""
+are kept in the backends' trusted artifact store (cache_dir/lower/), keyed by kernel source, signature,
+constexprs, launch options, target and Triton version, and verified against their digests on every load."""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
-import shutil
+from functools import cache
 from pathlib import Path
 
 import triton
@@ -19,6 +19,7 @@ from triton.compiler import ASTSource
 from ...ir import Graph
 from ...ir.rewrites import swiglu_epilogues
 from ..base import BackendError, write_manifest
+from ..cache import Store, make_key
 from . import kernels
 from .kernels.router import scoring_code
 from .launch import pow2
@@ -151,14 +152,18 @@ def backward_kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> 
 
 
 def cache_key(inst: dict, target: str, stages: tuple[str, ...]) -> str:
-    src = getattr(kernels, inst["kernel"]).cache_key      # the kernel's source and every @jit helper it calls
-    blob = json.dumps([src, {k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
-                       target, sorted(stages), triton.__version__], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return make_key(source=getattr(kernels, inst["kernel"]).cache_key,   # its source and every @jit helper it calls
+                    instance={k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
+                    target=target, stages=sorted(stages), triton=triton.__version__)
+
+
+@cache
+def store(root: Path) -> Store:
+    return Store(root, "triton")
 
 
 def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Path) -> dict:
-    """Compiles one kernel instance into the cache entry directory; returns its metadata."""
+    """Compiles one kernel instance into the cache entry folder; returns its metadata."""
     fn = getattr(kernels, inst["kernel"])
     src = ASTSource(fn=fn, signature=inst["signature"], constexprs=inst["constexprs"])
     try:
@@ -167,15 +172,12 @@ def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Pa
                                            "enable_fp_fusion": True})
     except Exception as err:
         raise BackendError(f"triton: compiling {inst['kernel']} for {target} failed: {err}".splitlines()[0]) from err
-    entry.mkdir(parents=True, exist_ok=True)
     files = {}
     for stage in (*stages, *binary_stages(target)):
         data = compiled.asm[stage]
         (entry / stage).write_bytes(data if isinstance(data, bytes) else data.encode())
         files[stage] = stage
-    meta = {"shared_memory": compiled.metadata.shared, "name": compiled.metadata.name, "stages": files}
-    (entry / "meta.json").write_text(json.dumps(meta))
-    return meta
+    return {"shared_memory": compiled.metadata.shared, "name": compiled.metadata.name, "stages": files}
 
 
 def count_matrix_instructions(text: str, target: str) -> int:
@@ -189,16 +191,15 @@ def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: 
     asm_stage, bin_stage = binary_stages(target)
     entries, hits = [], 0
     for i, inst in enumerate(node_instances(graph, target, tuning, options.tokens, options.backward)):
-        entry = cache_root / cache_key(inst, target, options.stages)
-        hit = (entry / "meta.json").exists()
-        meta = json.loads((entry / "meta.json").read_text()) if hit else compile_instance(
-            inst, target, options.stages, entry)
+        entry = store(cache_root).fetch(cache_key(inst, target, options.stages),
+                                        functools.partial(compile_instance, inst, target, options.stages))
+        meta, hit = entry.meta, entry.hit
         hits += hit
         kid = f"{i:02d}_{inst['kernel']}"
         artifacts = {}
         for stage in meta["stages"]:
             name = f"{kid}.{stage}"
-            shutil.copyfile(entry / stage, out_dir / name)
+            (out_dir / name).write_bytes(entry.read(stage))
             artifacts[stage] = name
         asm = (out_dir / artifacts[asm_stage]).read_text()
         size = sum((out_dir / name).stat().st_size for name in artifacts.values())

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import triton
 
+from ..cache import read_json, warn, write_json
+
 DEFAULTS_FILE = Path(__file__).parent / "tuned" / "defaults.json"
 
 
@@ -48,16 +50,19 @@ class TuningCache:
     def __init__(self, cache_dir: Path | None):
         self.path = Path(cache_dir) / "tuned.json" if cache_dir else None
         self.entries: dict[str, dict] = {}
-        if self.path and self.path.exists():
-            self.entries = json.loads(self.path.read_text())
+        if self.path:
+            self.entries = read_json(self.path, "triton tuned configs")
 
     def get(self, arch, dtype, n, k, rows) -> tuple[GemmConfig, str | None]:
         """The config and, when it is not a tuned result, a note saying which default is used."""
         if arch == "cpu":
             return CPU_CONFIG, None
         hit = self.entries.get(key(arch, dtype, n, k, rows))
-        if hit:
-            return GemmConfig(**hit), None
+        if isinstance(hit, dict):
+            try:
+                return GemmConfig(**hit), None
+            except TypeError:
+                pass                      # a malformed entry: the default below
         defaults = json.loads(DEFAULTS_FILE.read_text())
         family = defaults.get(arch) or defaults.get(arch[:5]) or defaults["generic"]
         cfg = GemmConfig(**family.get(dtype, family["any"]))
@@ -67,8 +72,10 @@ class TuningCache:
     def put(self, arch, dtype, n, k, rows, cfg: GemmConfig):
         self.entries[key(arch, dtype, n, k, rows)] = cfg.to_dict()
         if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+            try:
+                write_json(self.path, self.entries)
+            except OSError as e:          # the tuned config still serves this process
+                warn(f"triton tuned configs not saved to {self.path} ({e.strerror or e})")
 
 
 CANDIDATES = (GemmConfig(64, 64, 32, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3),

@@ -5,8 +5,8 @@ with a manifest. TVM 0.27's nvptx target is broken with its LLVM, so CUDA goes t
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ...ir import Graph
 from ..base import BackendError, write_manifest
+from ..cache import safe_name
 from .env import TVM_VERSION, cpu_target, host_cpu, rocm_bitcode, tvm
-from .executable import module_of
+from .executable import entry_key, module_of, store
 from .kernels.gemm import CpuTile
 from .plan import Step, plan
 from .tuning import tile_for
@@ -51,6 +52,20 @@ def capture_rocm_link():
     tvm.register_global_func("tvm_callback_rocm_link", link, override=True)
 
 
+def kind_of(target_name: str) -> str:
+    return target_name.partition(":")[0]
+
+
+@functools.cache
+def nvcc_version() -> str | None:
+    """nvcc's version line (it compiles the CUDA target's PTX and cubin), None without nvcc."""
+    exe = shutil.which("nvcc")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    return (proc.stdout.strip().splitlines() or ["unknown"])[-1]
+
+
 def nvcc(source: Path, arch: str, kind: str) -> Path | None:
     exe = shutil.which("nvcc")
     if exe is None:
@@ -64,23 +79,21 @@ def nvcc(source: Path, arch: str, kind: str) -> Path | None:
 
 
 def file_stem(step: Step) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", "+".join(n.name for n in step.nodes))
+    return safe_name("+".join(n.name for n in step.nodes), 100)
 
 
-def lower_step(step: Step, target_name: str, target, out_dir: Path) -> dict:
+def lower_step(step: Step, target_name: str, target, folder: Path) -> dict:
+    """Compiles one step into a cache entry folder: {stage: file name} under the generic stem `kernel`."""
     kind = target_name.partition(":")[0]
-    stem = file_stem(step)
     gpu = kind != "cpu"
     CAPTURED.clear()
     built = tvm.compile(module_of(step, gpu, target), target=target)
-    artifacts = {}
     if not gpu:
-        built.export_library(str(out_dir / f"{stem}.so"))
-        return {"so": f"{stem}.so"}
-    device_mod = built.mod.imports[0]
-    source = out_dir / f"{stem}{SOURCE_SUFFIX[kind]}"
-    source.write_text(device_mod.inspect_source("asm" if kind == "rocm" else ""))
-    artifacts["amdgcn" if kind == "rocm" else "source"] = source.name
+        built.export_library(str(folder / "kernel.so"))
+        return {"so": "kernel.so"}
+    source = folder / f"kernel{SOURCE_SUFFIX[kind]}"
+    source.write_text(built.mod.imports[0].inspect_source("asm" if kind == "rocm" else ""))
+    artifacts = {"amdgcn" if kind == "rocm" else "source": source.name}
     if kind == "cuda":
         arch = target_name.partition(":")[2]
         for stage in ("ptx", "cubin"):
@@ -88,9 +101,47 @@ def lower_step(step: Step, target_name: str, target, out_dir: Path) -> dict:
             if path is not None:
                 artifacts[stage] = path.name
     if kind == "rocm" and CAPTURED:
-        (out_dir / f"{stem}.hsaco").write_bytes(CAPTURED[-1])
-        artifacts["hsaco"] = f"{stem}.hsaco"
+        (folder / "kernel.hsaco").write_bytes(CAPTURED[-1])
+        artifacts["hsaco"] = "kernel.hsaco"
     return artifacts
+
+
+def cached_step(step: Step, target_name: str, target, out_dir: Path, cache_dir: Path, progress) -> tuple[dict, bool]:
+    """The step's artifacts, from the cache or compiled into it, copied into out_dir under the step's stem."""
+    cuda = kind_of(target_name) == "cuda"
+    key = entry_key(step.spec, str(target), aot=target_name, nvcc=nvcc_version() if cuda else None)
+    entry = store(cache_dir).fetch(key, lambda folder: progress() or {"artifacts": lower_step(step, target_name,
+                                                                                            target, folder)})
+    stem, artifacts = file_stem(step), {}
+    for stage, name in entry.meta["artifacts"].items():
+        artifacts[stage] = stem + Path(name).suffix
+        (out_dir / artifacts[stage]).write_bytes(entry.read(name))
+    return artifacts, entry.hit
+
+
+class Progress:
+    """While compiling: a line that counts up on a terminal, elsewhere one line when compiling starts. It
+    writes to stderr as it was when created (native_stderr_filtered holds back what is written later)."""
+
+    def __init__(self, label: str, total: int):
+        sys.stderr.flush()
+        self.label, self.total, self.done = label, total, 0
+        self.stream = os.fdopen(os.dup(2), "w")
+        self.tty = self.stream.isatty()
+
+    def __call__(self):
+        self.done += 1
+        if self.tty:
+            print(f"\r{self.label}: compiling {self.done}/{self.total} kernels not in the cache", end="",
+                  file=self.stream, flush=True)
+        elif self.done == 1:
+            print(f"{self.label}: compiling the kernels not in the cache ({self.total} steps)", file=self.stream,
+                  flush=True)
+
+    def close(self):
+        if self.tty and self.done:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+        self.stream.close()
 
 
 # TVM's AMDGPU codegen asks the (absent) ROCm runtime for limits and logs a warning per kernel
@@ -126,14 +177,22 @@ def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options)
     if target_name.startswith("rocm"):
         capture_rocm_link()
     kernels = []
-    with native_stderr_filtered(NATIVE_NOISE):
-        target = target_of(target_name, options)
-        tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (CpuTile(), "n/a"))
-        for step in plan(graph, tiles, skip={s["node"] for s in skipped}):
-            kernels.append({"kernel": file_stem(step), "op": step.op, "nodes": [n.name for n in step.nodes],
-                            "target": target_name, "tvm_version": TVM_VERSION,
-                            "artifacts": lower_step(step, target_name, target, out_dir)})
+    tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (CpuTile(), "n/a"))
+    steps = plan(graph, tiles, skip={s["node"] for s in skipped})
+    progress = Progress(f"tvm {target_name}", len(steps))
+    try:
+        with native_stderr_filtered(NATIVE_NOISE):
+            target = target_of(target_name, options)
+            for step in steps:
+                artifacts, hit = cached_step(step, target_name, target, out_dir, options.cache_root("tvm"),
+                                             progress)
+                kernels.append({"kernel": file_stem(step), "op": step.op, "nodes": [n.name for n in step.nodes],
+                                "target": target_name, "tvm_version": TVM_VERSION, "artifacts": artifacts,
+                                "cache_hit": hit})
+    finally:
+        progress.close()
     extra = {"tvm_version": TVM_VERSION, "tvm_target": str(target), "not_lowered": skipped}
     if target_name == "cpu":
         extra["mcpu"] = host_cpu()
     return write_manifest(out_dir, backend.name, target_name, graph, kernels, **extra)
+

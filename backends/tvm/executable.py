@@ -5,19 +5,38 @@ Not differentiable: the runtime recomputes gradients with the reference (the dec
 
 from __future__ import annotations
 
+import hashlib
 import re
 import weakref
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from ...ir import Graph
 from ..base import Executable
+from ..cache import Store, make_key
 from ..devices import Device
-from . import cache, opencl_runtime
-from .env import host_cpu, tvm, use_threads
+from . import opencl_runtime
+from .env import TVM_VERSION, host_cpu, tvm, use_threads
 from .plan import Step
+
+
+@cache
+def code_hash() -> str:
+    """Every source file of this backend: a change to any kernel or schedule keys new cache entries."""
+    here = Path(__file__).parent
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.rglob("*.py")))).hexdigest()[:16]
+
+
+def entry_key(spec: dict, target: str, **more) -> str:
+    return make_key(spec=spec, target=target, tvm=TVM_VERSION, code=code_hash(), **more)
+
+
+@cache
+def store(cache_dir: Path) -> Store:
+    return Store(cache_dir, "tvm")
 
 
 def module_of(step: Step, gpu: bool, target) -> tvm.IRModule:
@@ -119,20 +138,21 @@ class TVMExecutable(Executable):
             self.calls = [self.cpu_call(s, cache_dir) for s in steps]
 
     def cpu_call(self, step: Step, cache_dir: Path) -> CpuCall:
-        def build(path: Path):
-            tvm.compile(module_of(step, False, self.target), target=self.target).export_library(str(path))
+        def build(folder: Path) -> dict:
+            tvm.compile(module_of(step, False, self.target), target=self.target).export_library(str(folder / "lib.so"))
+            return {}
 
-        key = cache.entry_key(step.spec, str(self.target))
-        return CpuCall(tvm.runtime.load_module(str(cache.fetch(cache_dir, key, ".so", build))), self.packed)
+        entry = store(cache_dir).fetch(entry_key(step.spec, str(self.target)), build)
+        return CpuCall(tvm.runtime.load_module(str(entry.path / "lib.so")), self.packed)
 
     def opencl_call(self, step: Step, cache_dir: Path) -> OpenCLCall:
         mod = module_of(step, True, self.target)
 
-        def build(path: Path):
-            path.write_text(tvm.compile(mod, target=self.target).mod.imports[0].inspect_source())
+        def build(folder: Path) -> dict:
+            (folder / "kernels.cl").write_text(tvm.compile(mod, target=self.target).mod.imports[0].inspect_source())
+            return {}
 
-        key = cache.entry_key(step.spec, str(self.target))
-        source = cache.fetch(cache_dir, key, ".cl", build).read_text()
+        source = store(cache_dir).fetch(entry_key(step.spec, str(self.target)), build).read("kernels.cl").decode()
         return OpenCLCall(step, opencl_runtime.build(source), {g.name_hint: mod[g] for g in mod.get_global_vars()})
 
     def placement(self) -> dict[str, str]:

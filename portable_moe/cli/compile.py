@@ -44,7 +44,7 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def run(args) -> int:
-    graph, _ = resolve_model(args.model, args.layer, args.seed)
+    graph, _ = resolve_model(args.model, args.layer, args.seed, params=False)
     manifests = []
     for target in args.target:
         name = args.backend or DEFAULT_BACKEND.get(target.split(":")[0])
@@ -52,8 +52,8 @@ def run(args) -> int:
             raise BackendError(f"no default backend for target '{target}'; pass --backend "
                                f"(known: {', '.join(registry.backend_names())})")
         backend = registry.load(name)
+        backend.check_target(target)        # before a folder is named after it
         out_dir = Path(args.out) / target.replace(":", "_")
-        out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         manifest = backend.lower(graph, target, out_dir, options_for(backend, parse_options(args.option)))
         manifests.append(manifest)

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..backends.onnxruntime.convert import to_numpy
-from ..ir import IRError
+from ..ir import IRError, parse_json, read_bounded
 from ..ir.onnx import OPSET, check, export, save
 from ..models import PRESETS, build_model, build_moe_layer, init_params, load_config, preset
 from .models import add_model_args, resolve_model
@@ -28,10 +28,14 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
+def is_ir_file(obj) -> bool:
+    return isinstance(obj, dict) and "format" in obj
+
+
 def model_in_dtype(spec: str, dtype: str, layer: bool, seed: int):
     if spec in PRESETS:
         cfg = preset(spec)
-    elif spec.endswith(".json") and "format" not in json.loads(Path(spec).read_text()):
+    elif spec.endswith(".json") and not is_ir_file(parse_json(read_bounded(spec, "MODEL file"))):
         cfg = load_config(spec)
     else:
         raise IRError(f"--dtype needs a preset or a model config JSON, not '{spec}' (an IR file has fixed dtypes)")

@@ -5,7 +5,12 @@ config) and DIR/source.json (family, layer, ir name -> transformers name)."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from ..ir import PortableMoeError
 
 
 def add_parser(subparsers) -> None:
@@ -17,19 +22,48 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_out(out: Path, source: Path):
+    """Before any work: the output is a directory (or can be made one) and is not the model being read."""
+    if out.exists() and not out.is_dir():
+        raise PortableMoeError(f"-o {out}: exists and is not a directory")
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise PortableMoeError(f"-o {out} is the input directory; its config.json would be overwritten")
+
+
+def replace_into(out: Path, name: str, write: Callable[[Path], None]):
+    """Writes a temporary file, then renames it over out/name: a link there is replaced, never followed,
+    and a reader never sees half a file."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o644)
+        write(Path(tmp))
+        os.replace(tmp, out / name)
+    except OSError as e:
+        raise PortableMoeError(f"cannot write {out / name}: {e.strerror or e}") from None
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def run(args) -> int:
     from portable_moe import ir
     from portable_moe.hf import from_hf
     from portable_moe.models.params import save_params
 
-    imp = from_hf(args.path, block_only=args.block_only, layer=args.layer)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ir.save(imp.graph, out / "graph.json")
-    save_params(imp.params, out / "params.safetensors")
-    (out / "config.json").write_text(json.dumps(imp.config.to_dict(), indent=1))
+    check_out(out, Path(args.path))
+    imp = from_hf(args.path, block_only=args.block_only, layer=args.layer)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PortableMoeError(f"-o {out}: cannot create it ({e.strerror})") from None
     source = {"path": str(args.path), "family": imp.family, "layer": imp.layer, "names": imp.names}
-    (out / "source.json").write_text(json.dumps(source, indent=1))
+    replace_into(out, "graph.json", lambda p: p.write_text(ir.to_json(imp.graph)))
+    replace_into(out, "params.safetensors", lambda p: save_params(imp.params, p))
+    replace_into(out, "config.json", lambda p: p.write_text(json.dumps(imp.config.to_dict(), indent=1)))
+    replace_into(out, "source.json", lambda p: p.write_text(json.dumps(source, indent=1)))
     what = f"MoE block of layer {imp.layer}" if imp.layer is not None else "whole causal LM"
     print(f"imported {imp.family} {what}: {len(imp.graph.nodes)} nodes, {len(imp.params)} params -> {out}")
     return 0

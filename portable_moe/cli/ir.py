@@ -21,7 +21,7 @@ def add_parser(subparsers):
 
 
 def run_print(args) -> int:
-    graph, _ = resolve_model(args.model, args.layer, args.seed)
+    graph, _ = resolve_model(args.model, args.layer, args.seed, params=False)
     sys.stdout.write(to_json(graph) if args.json else to_text(graph) + "\n")
     return 0
 

@@ -4,10 +4,9 @@ to the graph when there is one, else from a seeded initialisation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..ir import Graph, PortableMoeError, load
+from ..ir import Graph, IRError, PortableMoeError, from_dict, load, parse_json, read_bounded
 from ..models import PRESETS, build_model, build_moe_layer, config_from_dict, init_params, load_params, preset
 
 
@@ -19,26 +18,29 @@ def add_model_args(parser, layer_flag: bool = True):
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial parameters (default 0)")
 
 
-def from_config(cfg, layer: bool, seed: int):
+def from_config(cfg, layer: bool, seed: int, params: bool = True):
     graph = build_moe_layer(cfg) if layer else build_model(cfg)
-    return graph, init_params(graph, seed)
+    return graph, init_params(graph, seed) if params else None
 
 
-def params_beside(path: Path, graph: Graph, seed: int) -> dict:
+def params_beside(path: Path, graph: Graph, seed: int, params: bool = True) -> dict | None:
+    if not params:
+        return None
     for candidate in (path.with_suffix(".safetensors"), path.parent / "params.safetensors"):
         if candidate.exists():
             return load_params(candidate)
     return init_params(graph, seed)
 
 
-def resolve_model(spec: str, layer: bool = False, seed: int = 0) -> tuple[Graph, dict]:
+def resolve_model(spec: str, layer: bool = False, seed: int = 0, params: bool = True) -> tuple[Graph, dict | None]:
+    """The graph and, unless params is False (nothing is allocated then), its parameters."""
     if spec in PRESETS:
-        return from_config(preset(spec), layer, seed)
+        return from_config(preset(spec), layer, seed, params)
     path = Path(spec)
     if path.is_dir():
         if (path / "graph.json").exists():
             graph = load(path / "graph.json")
-            return graph, params_beside(path / "graph.json", graph, seed)
+            return graph, params_beside(path / "graph.json", graph, seed, params)
         if (path / "config.json").exists():
             from ..hf import from_hf
             imported = from_hf(path, block_only=layer)
@@ -47,10 +49,13 @@ def resolve_model(spec: str, layer: bool = False, seed: int = 0) -> tuple[Graph,
     if not path.exists():
         raise PortableMoeError(f"MODEL '{spec}' is neither a preset ({', '.join(PRESETS)}) nor an existing file")
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        obj = parse_json(read_bounded(path, "MODEL file"))
+    except PortableMoeError as e:
         raise PortableMoeError(f"{spec}: not a readable JSON file ({e})") from None
     if isinstance(obj, dict) and "format" in obj:
-        graph = load(path)
-        return graph, params_beside(path, graph, seed)
-    return from_config(config_from_dict(obj, spec), layer, seed)
+        try:
+            graph = from_dict(obj)
+        except IRError as e:
+            raise IRError(f"{spec}: {e}") from None
+        return graph, params_beside(path, graph, seed, params)
+    return from_config(config_from_dict(obj, spec), layer, seed, params)

@@ -8,10 +8,11 @@ for every family below (GPT-OSS stores [E, H, 2F] interleaved, and is refused fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..models.config import MoEConfig
+from ..models.config import MAX_SIZE, ConfigError, MoEConfig
 from .errors import HFImportError
 
 
@@ -96,16 +97,40 @@ def moe_config(fam: Family, cfg, dtype: str, block_only: bool) -> MoEConfig:
     act = getattr(cfg, "hidden_act", "silu")
     if act != "silu":
         raise HFImportError(f"{fam.name}: hidden_act={act!r} is not supported (our swiglu op is silu(gate) * up)")
+    check_numbers(fam, cfg)
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     routing = fam.routing(cfg)
     shared = fam.shared_ffn(cfg) if fam.shared else 0
-    return MoEConfig(name=f"hf-{fam.name}", vocab_size=cfg.vocab_size, hidden=cfg.hidden_size,
-                     layers=cfg.num_hidden_layers, heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", heads),
-                     head_dim=head_dim, qk_norm=fam.qk_norm == "head", rope_theta=rope_theta(fam, cfg, block_only),
-                     eps=float(cfg.rms_norm_eps), experts=getattr(cfg, fam.experts_attr),
-                     top_k=cfg.num_experts_per_tok, expert_ffn=getattr(cfg, fam.ffn_attr), shared_ffn=shared,
-                     shared_gate=fam.shared_gate is not None, dtype=dtype, **routing)
+    try:
+        return MoEConfig(name=f"hf-{fam.name}", vocab_size=cfg.vocab_size, hidden=cfg.hidden_size,
+                         layers=cfg.num_hidden_layers, heads=heads,
+                         kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
+                         qk_norm=fam.qk_norm == "head", rope_theta=rope_theta(fam, cfg, block_only),
+                         eps=cfg.rms_norm_eps, experts=getattr(cfg, fam.experts_attr), top_k=cfg.num_experts_per_tok,
+                         expert_ffn=getattr(cfg, fam.ffn_attr), shared_ffn=shared,
+                         shared_gate=fam.shared_gate is not None, dtype=dtype, **routing)
+    except ConfigError as e:
+        raise HFImportError(f"{fam.name} config.json: {e}") from None
+
+
+def check_numbers(fam: Family, cfg):
+    """The sizes the import computes with are positive ints, the scales finite positive numbers, checked
+    before any arithmetic or allocation uses them."""
+    sizes = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts_per_tok",
+             fam.experts_attr, fam.ffn_attr] + [n for n in ("num_key_value_heads", "head_dim", "n_group",
+                                                            "topk_group", "n_shared_experts", "first_k_dense_replace",
+                                                            "shared_expert_intermediate_size", "decoder_sparse_step",
+                                                            "intermediate_size") if getattr(cfg, n, None) is not None]
+    for name in sizes:
+        value = getattr(cfg, name, None)
+        low = 0 if name in ("first_k_dense_replace", "n_shared_experts") else 1
+        if type(value) is not int or not low <= value <= MAX_SIZE:
+            raise HFImportError(f"{fam.name} config.json: {name}={value!r} must be an int in {low}..{MAX_SIZE}")
+    for name in ("rms_norm_eps", "routed_scaling_factor", "rope_theta"):
+        value = getattr(cfg, name, None)
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+            raise HFImportError(f"{fam.name} config.json: {name}={value!r} must be a finite number > 0")
 
 
 def rope_theta(fam: Family, cfg, block_only: bool) -> float:
@@ -117,6 +142,8 @@ def rope_theta(fam: Family, cfg, block_only: bool) -> float:
     theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
     if theta is None:
         raise HFImportError(f"{fam.name}: config has no rope_theta")
+    if type(theta) not in (int, float) or not math.isfinite(theta) or theta <= 0:
+        raise HFImportError(f"{fam.name}: rope_theta={theta!r} must be a finite number > 0")
     return float(theta)
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from .errors import HFImportError
 from .families import Family
 
+MAX_CONFIG_BYTES = 16 << 20
 PER_EXPERT = re.compile(r"^(?P<block>.*\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
 
 
@@ -22,10 +23,15 @@ def read_config(path: Path):
 
     if not (path / "config.json").is_file():
         raise HFImportError(f"{path}: no config.json (expected a local transformers model directory)")
+    if (path / "config.json").stat().st_size > MAX_CONFIG_BYTES:
+        raise HFImportError(f"{path}/config.json is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
     try:
         return AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (ValueError, KeyError, OSError) as e:
-        raise HFImportError(f"{path}/config.json: transformers cannot read it ({e})") from None
+    except RecursionError:
+        raise HFImportError(f"{path}/config.json: nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - transformers and huggingface_hub raise many untyped errors here
+        reason = " ".join(str(e).split())[:300]
+        raise HFImportError(f"{path}/config.json: transformers cannot read it ({reason})") from None
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -36,6 +42,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise HFImportError(f"{path}: no *.safetensors weights{hint}")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
+        if not f.is_file():
+            raise HFImportError(f"{f}: not a regular file")
         try:
             tensors.update(load_file(str(f)))
         except (OSError, SafetensorError) as e:
@@ -70,6 +78,11 @@ def stack_experts(block: str, experts: dict[int, dict[str, torch.Tensor]], names
         missing = [n for n in names if n not in have]
         if missing or len(have) != 3:
             raise HFImportError(f"{block}.{e}: expected weights {list(names)}, found {sorted(have)}")
+        shapes = [tuple(have[n].shape) for n in names]
+        first = [tuple(experts[0][n].shape) for n in names]
+        if shapes != first or len(shapes[0]) != 2 or shapes[0] != shapes[1] or shapes[2] != shapes[0][::-1]:
+            raise HFImportError(f"{block}.{e}: weight shapes {dict(zip(names, shapes))} do not match expert 0's "
+                                f"{dict(zip(names, first))} or are not [F, H], [F, H], [H, F]")
         gate_up.append(torch.cat([have[gate], have[up]], dim=0))
         downs.append(have[down])
     return torch.stack(gate_up), torch.stack(downs)

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from ..ir import DType, IRError, PortableMoeError
+from ..ir import DType, IRError, PortableMoeError, parse_json, read_bounded
 
 
 class ConfigError(PortableMoeError):
     """A model config names an unknown field or holds an impossible value."""
+
+
+MAX_SIZE = 2**31 - 1        # any one size (vocabulary, width, experts); products are bounded by the IR
+MAX_LAYERS = 4096
+
+
+def check_field(name: str, kind: str, value):
+    """ints in 0..MAX_SIZE, floats finite and > 0, bools and strings of their own type."""
+    if kind == "int" and (type(value) is not int or not 0 <= value <= MAX_SIZE):
+        raise ConfigError(f"{name}={value!r} must be an int in 0..{MAX_SIZE}")
+    if kind == "float" and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"{name}={value!r} must be a finite number > 0")
+    if kind in ("bool", "str") and type(value).__name__ != kind:
+        raise ConfigError(f"{name}={value!r} must be a {kind}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +56,11 @@ class MoEConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(value, int) or value < 0):
-                raise ConfigError(f"{f.name}={value!r} must be a non-negative int")
+            check_field(f.name, f.type, getattr(self, f.name))
+        if min(self.vocab_size, self.hidden, self.heads, self.kv_heads, self.head_dim, self.expert_ffn) < 1:
+            raise ConfigError("vocab_size, hidden, heads, kv_heads, head_dim and expert_ffn must be >= 1")
+        if self.layers > MAX_LAYERS:
+            raise ConfigError(f"layers={self.layers} is more than {MAX_LAYERS}")
         if self.experts < 1 or self.top_k < 1 or self.top_k > self.experts:
             raise ConfigError(f"top_k={self.top_k} must be in 1..experts={self.experts}")
         if self.experts % self.num_groups:
@@ -109,7 +125,7 @@ def config_from_dict(obj: dict, where: str = "config") -> MoEConfig:
 
 def load_config(path: str | Path) -> MoEConfig:
     try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        obj = parse_json(read_bounded(path, "config"))
+    except IRError as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     return config_from_dict(obj, str(path))

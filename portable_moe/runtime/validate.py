@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..backends.cache import safe_name
 from ..ir import PortableMoeError, to_json
 from ..ir.meanings import run_graph
 from .tolerance import TOLERANCES, excess
@@ -72,7 +73,7 @@ class Validator:
 
     def save(self, graph, tensors: dict) -> str:
         self.repro_dir.mkdir(parents=True, exist_ok=True)
-        stem = self.repro_dir / f"{graph.name}-{time.strftime('%Y%m%d-%H%M%S')}-{self.checked}"
+        stem = self.repro_dir / f"{safe_name(graph.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{self.checked}"
         Path(f"{stem}.json").write_text(to_json(graph))
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, f"{stem}.safetensors")
         return str(stem)

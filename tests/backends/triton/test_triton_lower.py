@@ -125,6 +125,25 @@ def test_second_lower_hits_the_cache(lowered, tmp_path, monkeypatch):
     assert "cache hits 7/7" in lower_summary(again) and "wgmma" in lower_summary(again)
 
 
+def test_a_corrupted_cached_kernel_is_rebuilt_not_returned(lowered, tmp_path, capfd):
+    out_dir, first, _, options, graph = lowered["cuda:sm_90"]
+    wanted = (out_dir / first["kernels"][0]["artifacts"]["cubin"]).read_bytes()
+    cubin = next(p for p in (options.cache_path() / "lower").glob("*/cubin") if p.read_bytes() == wanted)
+    ptx = cubin.with_name("ptx")
+    damaged = bytearray(cubin.read_bytes())
+    for i in range(0, min(len(damaged), 3000), 10):        # 300 flipped bytes
+        damaged[i] ^= 0x5A
+    cubin.write_bytes(bytes(damaged))
+    ptx.write_text(ptx.read_text() + "// appended\n")
+    capfd.readouterr()
+    again = TritonBackend().lower(graph, "cuda:sm_90", tmp_path, options)
+    assert "does not match its digest" in capfd.readouterr().err
+    assert again["cache"]["hits"] == len(again["kernels"]) - 1
+    assert [k["sha256"] for k in again["kernels"]] == [k["sha256"] for k in first["kernels"]]
+    for k in again["kernels"]:
+        assert (tmp_path / k["artifacts"]["cubin"]).read_bytes() == (out_dir / k["artifacts"]["cubin"]).read_bytes()
+
+
 def test_unknown_target_and_stage_are_clear_errors(tmp_path):
     with pytest.raises(BackendError, match="supported: cuda:sm_80"):
         TritonBackend().lower(build_model(preset("debug")), "cuda:sm_75", tmp_path, TritonOptions())

@@ -1,15 +1,23 @@
-"""The on-disk compile cache: a second compile loads instead of compiling; a corrupt entry is rebuilt."""
+"""TVM's compiled libraries and ahead-of-time artifacts live in the backends' artifact store: a second
+compile or lower loads instead of compiling; a replaced library is rebuilt, never loaded."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 from tvm_helpers import assert_matches, reference64
 
-from portable_moe.backends.tvm import cache
+from portable_moe.backends import cache
+from portable_moe.backends.cache import DIGEST_SUFFIX
 from portable_moe.models import build_moe_layer, init_params, preset
 
 
-def test_second_compile_hits_and_corrupt_entry_is_rebuilt(backend, tmp_path):
+def libraries(root):
+    return sorted(root.glob("*/lib.so"))
+
+
+def test_second_compile_hits_and_a_replaced_library_is_rebuilt(backend, tmp_path, capfd):
     from portable_moe.backends.devices import cpu_device
 
     graph = build_moe_layer(preset("debug"))
@@ -19,29 +27,55 @@ def test_second_compile_hits_and_corrupt_entry_is_rebuilt(backend, tmp_path):
     backend.compile(graph, cpu_device(), options)
     first = dict(cache.STATS)
     assert first.get("miss", 0) >= 5 and not first.get("hit")
-    libraries = sorted(tmp_path.glob("*.so"))
-    assert len(libraries) == first["miss"]
-    assert all(p.with_suffix(".so.sha256").exists() for p in libraries)
+    assert len(libraries(tmp_path)) == first["miss"]
 
     cache.STATS.clear()
     backend.compile(graph, cpu_device(), options)
     assert dict(cache.STATS) == {"hit": first["miss"]}
 
-    victim = libraries[0]
-    # a new file in its place (writing into a library this process has mapped would crash it)
-    broken = tmp_path / "broken"
-    broken.write_bytes(b"\x7fELF not a library" + victim.read_bytes()[64:])
-    broken.replace(victim)
+    victim = libraries(tmp_path)[0]
+    # a foreign library in its place, with its sha256 rewritten beside it (a new file: writing into a
+    # library this process has mapped would crash it)
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(b"\x7fELF not ours" + victim.read_bytes()[64:])
+    foreign.replace(victim)
+    (victim.parent / "lib.so.sha256").write_text(cache.sha256_bytes(victim.read_bytes()))
     cache.STATS.clear()
+    capfd.readouterr()
     exe = backend.compile(graph, cpu_device(), options)
     assert cache.STATS["corrupt"] == 1
-    assert cache.sha256_file(victim) == victim.with_suffix(".so.sha256").read_text().strip()
+    assert "does not match its digest" in capfd.readouterr().err
+    record = json.loads((victim.parent.parent / f"{victim.parent.name}{DIGEST_SUFFIX}").read_text())
+    assert cache.sha256_bytes(victim.read_bytes()) == record["files"]["lib.so"]
     x = {"x": torch.randn(9, 64)}
     assert_matches(exe.run(x, params), reference64(graph, x, params))
 
 
+def test_ahead_of_time_artifacts_are_cached_by_graph_and_target(backend, tmp_path, capfd):
+    graph = build_moe_layer(preset("debug"))
+    options = backend.Options(cache_dir=str(tmp_path / "cache"))
+    first = backend.lower(graph, "opencl", tmp_path / "a", options)
+    assert not any(k["cache_hit"] for k in first["kernels"])
+    assert "compiling the kernels not in the cache" in capfd.readouterr().err      # progress while compiling
+    again = backend.lower(graph, "opencl", tmp_path / "b", options)
+    assert all(k["cache_hit"] for k in again["kernels"]) and "cache hits 5/5" in summary_of(again)
+    assert "compiling" not in capfd.readouterr().err
+    for a, b in zip(first["kernels"], again["kernels"]):
+        assert a["artifacts"] == b["artifacts"] and a["sha256"] == b["sha256"]
+    other = backend.lower(graph, "metal", tmp_path / "c", options)          # another target: other entries
+    assert not any(k["cache_hit"] for k in other["kernels"])
+
+
+def summary_of(manifest):
+    from portable_moe.backends.tvm.codegen import summary
+
+    return summary(manifest)
+
+
 def test_key_changes_with_target_and_spec():
-    a = cache.entry_key({"op": "swiglu", "F": 8}, "llvm")
-    assert a == cache.entry_key({"op": "swiglu", "F": 8}, "llvm")
-    assert a != cache.entry_key({"op": "swiglu", "F": 16}, "llvm")
-    assert a != cache.entry_key({"op": "swiglu", "F": 8}, "opencl")
+    from portable_moe.backends.tvm.executable import entry_key
+
+    a = entry_key({"op": "swiglu", "F": 8}, "llvm")
+    assert a == entry_key({"op": "swiglu", "F": 8}, "llvm")
+    assert a != entry_key({"op": "swiglu", "F": 16}, "llvm")
+    assert a != entry_key({"op": "swiglu", "F": 8}, "opencl")

@@ -56,7 +56,7 @@ def test_router_ties_go_to_lower_index_and_skewed_routing(compile_cpu):
 
 
 def test_one_compile_serves_every_token_count(compile_cpu):
-    from portable_moe.backends.tvm import cache
+    from portable_moe.backends import cache
 
     graph = moe_graph()
     params = init_params(graph, 3)
