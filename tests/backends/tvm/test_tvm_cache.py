@@ -58,18 +58,12 @@ def test_ahead_of_time_artifacts_are_cached_by_graph_and_target(backend, tmp_pat
     assert not any(k["cache_hit"] for k in first["kernels"])
     assert "compiling the kernels not in the cache" in capfd.readouterr().err      # progress while compiling
     again = backend.lower(graph, "opencl", tmp_path / "b", options)
-    assert all(k["cache_hit"] for k in again["kernels"]) and "cache hits 5/5" in summary_of(again)
+    assert [k["cache_hit"] for k in again["kernels"]] == [True] * 5
     assert "compiling" not in capfd.readouterr().err
     for a, b in zip(first["kernels"], again["kernels"]):
         assert a["artifacts"] == b["artifacts"] and a["sha256"] == b["sha256"]
     other = backend.lower(graph, "metal", tmp_path / "c", options)          # another target: other entries
     assert not any(k["cache_hit"] for k in other["kernels"])
-
-
-def summary_of(manifest):
-    from portable_moe.backends.tvm.codegen import summary
-
-    return summary(manifest)
 
 
 def test_key_changes_with_target_and_spec():
