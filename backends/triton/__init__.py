@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...ir import DType, Graph
-from ..base import Backend, BackendError, BackendOptions, Executable, Support
+from ..base import Backend, BackendError, BackendOptions, Executable, Support, import_failure
 from ..devices import Device
 
 OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
@@ -58,7 +58,8 @@ class TritonBackend(Backend):
 
     def availability(self, device: Device) -> str | None:
         if device.kind in ("cpu", "cuda", "rocm"):
-            return None
+            return import_failure("triton") or (import_failure("triton.runtime.interpreter")
+                                                if device.kind == "cpu" else None)
         return f"triton: runs on CUDA, ROCm and the CPU (interpreter), not on {device.kind}"
 
     def support(self, device: Device) -> Support:
@@ -85,6 +86,8 @@ class TritonBackend(Backend):
         from .lower import lower_graph
 
         self.check_target(target)
+        if import_failure("triton"):
+            raise BackendError(import_failure("triton"))
         device = Device(target.split(":")[0], 0, "", "", target.split(":")[1], 0, "")
         not_lowered = []
         for node, reason in self.unsupported(graph, device):
