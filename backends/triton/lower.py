@@ -17,16 +17,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ...ir import Graph
-from ...ir.rewrites import swiglu_epilogues
 from ..base import BackendError, write_manifest
 from . import kernels
-from .kernels.router import scoring_code
-from .launch import pow2
+from .launch import pow2, router_constexprs
 from .launch_bwd import dw_tiles, dx_tiles
-from .tuning import TuningCache
+from .plan import fusable_swiglu, moe_chains
+from .tuning import TuningCache, limits_for, variant
 
 KERNEL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
 TL_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+TMA_TARGETS = ("cuda:sm_90", "cuda:sm_100")
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
 
@@ -51,22 +51,25 @@ def instance(name: str, nodes: list[str], signature: dict, constexprs: dict, con
 
 
 def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int, backward: bool = False) -> list[dict]:
-    """One kernel instance per (kernel, signature, constexprs, options); nodes sharing one are merged."""
-    values, fused = graph.values(), swiglu_epilogues(graph)
+    """One kernel instance per (kernel, signature, constexprs, options) the executable launches for `tokens`
+    tokens (the fused MoE chain as in inference; with backward, the training kernels too); nodes sharing
+    one are merged."""
+    values, fused, chains = graph.values(), fusable_swiglu(graph), moe_chains(graph)
+    in_chain = {n.name: c for c in chains.values() for n in (c.dispatch, c.gate_up, c.swiglu, c.down, c.combine)}
     fused_away = {n.name for n in fused.values()}
-    arch = target.split(":")[1]
     found: dict[str, dict] = {}
     for node in graph.nodes:
-        if node.name in fused_away or node.op not in KERNEL_OPS:
+        if node.op not in KERNEL_OPS:
             continue
         dt = TL_DTYPES[values[node.inputs[0]].type.dtype.value]
-        insts = kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused)
-        if backward:
-            insts += backward_kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused)
+        chain = in_chain.get(node.name)
+        insts = [] if node.name in fused_away and not chain else kernels_of(
+            node, values, dt, target, tuning, tokens, node.name in fused, chain)
+        if backward and node.name not in fused_away:
+            insts += backward_kernels_of(node, values, dt, target, tuning, tokens, node.name in fused)
         for inst in insts:
             k = json.dumps({x: inst[x] for x in ("kernel", "signature", "constexprs", "num_warps", "num_stages",
-                                                 "pass")},
-                           sort_keys=True)
+                                                 "pass")}, sort_keys=True)
             if k in found:
                 found[k]["nodes"].append(node.name)
             else:
@@ -74,18 +77,54 @@ def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int, 
     return list(found.values())
 
 
-def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict]:
+def gemm_config(tuning: TuningCache, target, values, node, swiglu: bool, gather: bool, rows: int):
+    E, N, K = values[node.inputs[1]].type.shape
+    dtype = values[node.inputs[0]].type.dtype.value
+    arch = target.split(":")[1]
+    cfg, _ = tuning.get(arch, variant(swiglu, gather), dtype, N, K, -(-rows // E), limits_for(arch),
+                        2 if dtype != "float32" else 4)
+    return cfg
+
+
+def align_instances(n: list[str], E: int, cfg) -> list[dict]:
+    sig = {"experts_ptr": "*i64", "cursor_ptr": "*i32", "slots_ptr": "*i32", "R": "i32"}
+    return [instance("bucket_kernel", n, sig, {"PLACE": place, "BLOCK_R": 256}) for place in (False, True)] + [
+        instance("align_kernel", n, {"counts_ptr": "*i32", "cursor_ptr": "*i32", "block_expert_ptr": "*i32",
+                                     "NUM_BLOCKS": "i32"},
+                 {"E": E, "BLOCK_E": pow2(E), "BLOCK_M": cfg.block_m, "BLOCK_B": 16})]
+
+
+def moe_gemm_instance(n, node, values, dt, target, cfg, swiglu=False, a_div=1, scale=False) -> dict:
+    E, N, K = values[node.inputs[1]].type.shape
+    tma = target in TMA_TARGETS and (K * (4 if dt == "fp32" else 2)) % 16 == 0
+    sig = {"a_ptr": f"*{dt}", "w": f"tensordesc<{dt}[{cfg.block_n}, {cfg.block_k}]>" if tma else f"*{dt}",
+           "y_ptr": f"*{dt}", "slots_ptr": "*i32", "block_expert_ptr": "*i32", "scale_ptr": f"*{dt}", "ROWS": "i32",
+           "N_OUT": "i32", "K": "i32"}
+    precision = "tf32x3" if dt == "fp32" and target.startswith("cuda") else "ieee"
+    ce = {"A_DIV": a_div, "SWIGLU": swiglu, "SCALE": scale, "W_TMA": tma, "PRECISION": precision,
+          "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": 8}
+    return instance("moe_gemm_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages)
+
+
+def kernels_of(node, values, dt, target, tuning, tokens, fuse_swiglu, chain=None) -> list[dict]:
     a, n = node.attrs, [node.name]
     if node.op == "router":
         E, H = values[node.inputs[1]].type.shape
         sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "score_bias_ptr": "*fp32",
                "weights_ptr": f"*{dt}", "idx_ptr": "*i64", "logits_ptr": "*fp32", "H": "i32", "scaling": "fp32"}
-        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": scoring_code(a["scoring"]), "NUM_GROUPS": a["num_groups"],
-              "TOP_GROUPS": a["top_groups"], "GROUP_TOP2": a["group_score"] == "top2_sum",
-              "NORMALIZE": a["normalize"], "HAS_BIAS": node.inputs[2] is not None,
-              "HAS_SCORE_BIAS": node.inputs[3] is not None, "BLOCK_E": pow2(E), "BLOCK_H": min(pow2(H), 128),
-              "BLOCK_K": pow2(a["top_k"]), "BLOCK_G": pow2(a["num_groups"])}
-        return [instance("router_kernel", n, sig, ce)]
+        return [instance("router_kernel", n, sig, router_constexprs(E, H, node.inputs[2] is not None,
+                                                                     node.inputs[3] is not None, **a))]
+    if chain is not None:          # the fused MoE FFN: align once, two MoE GEMMs, combine is a torch sum
+        K = values[chain.dispatch.inputs[1]].type.shape[-1]
+        cfg_gu = gemm_config(tuning, target, values, chain.gate_up, True, True, tokens * K)
+        cfg_d = gemm_config(tuning, target, values, chain.down, False, False, tokens * K)
+        if node is chain.dispatch:
+            return align_instances(n, a["num_experts"], cfg_gu)
+        if node is chain.gate_up:
+            return [moe_gemm_instance(n, node, values, dt, target, cfg_gu, True, K)]
+        if node is chain.down:
+            return [moe_gemm_instance(n, node, values, dt, target, cfg_d, scale=True)]
+        return []
     if node.op == "dispatch":
         E, K = a["num_experts"], values[node.inputs[1]].type.shape[-1]
         return [instance("dispatch_kernel", n, {"idx_ptr": "*i64", "order_ptr": "*i64", "offsets_ptr": "*i64",
@@ -93,15 +132,9 @@ def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict
                 instance("gather_kernel", n, {"x_ptr": f"*{dt}", "order_ptr": "*i64", "rows_ptr": f"*{dt}",
                                               "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256})]
     if node.op == "grouped_matmul":
-        E, N, K = values[node.inputs[1]].type.shape
-        dtype = values[node.inputs[0]].type.dtype.value
-        cfg, _ = tuning.get(arch, dtype, N, K, tokens)
-        precision = "tf32x3" if dt == "fp32" and arch.startswith("sm") else "ieee"
-        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "offsets_ptr": "*i64",
-               "scale_ptr": f"*{dt}", "order_ptr": "*i64", "N_OUT": "i32", "K": "i32"}
-        ce = {"E": E, "SWIGLU": fuse_swiglu, "SCALE": False, "PRECISION": precision, "BLOCK_E": pow2(E),
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
-        return [instance("grouped_gemm_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages)]
+        cfg = gemm_config(tuning, target, values, node, fuse_swiglu, False, tokens)
+        return align_instances(n, values[node.inputs[1]].type.shape[0], cfg) + [
+            moe_gemm_instance(n, node, values, dt, target, cfg, fuse_swiglu)]
     if node.op == "swiglu":
         return [instance("swiglu_kernel", n, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "F": "i32"}, {"BLOCK_F": 256})]
     if node.op == "combine":
@@ -113,13 +146,13 @@ def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict
     raise BackendError(f"triton: no kernel for node '{node.name}' (op {node.op})")
 
 
-def backward_kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict]:
+def backward_kernels_of(node, values, dt, target, tuning, tokens, fuse_swiglu) -> list[dict]:
     """The kernels .autograd launches in the backward of this node (the router's backward is torch)."""
     n, out = [node.name], []
     if node.op == "grouped_matmul":
         E, N, K = values[node.inputs[1]].type.shape
-        cfg, _ = tuning.get(arch, values[node.inputs[0]].type.dtype.value, N, K, tokens)
-        precision = "tf32x3" if dt == "fp32" and arch.startswith("sm") else "ieee"
+        cfg = gemm_config(tuning, target, values, node, fuse_swiglu, False, tokens)
+        precision = "tf32x3" if dt == "fp32" and target.startswith("cuda") else "ieee"
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "offsets_ptr": "*i64", "N": "i32",
                "K": "i32"}
         ce = {"E": E, "PRECISION": precision, "BLOCK_E": pow2(E), **dx_tiles(cfg)}
@@ -129,10 +162,10 @@ def backward_kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> 
         ce = {"PRECISION": precision, **dw_tiles(cfg)}
         out.append(instance("grouped_gemm_dw_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages))
         if fuse_swiglu:   # the backward recomputes gate_up with the plain GEMM, then the SwiGLU derivative
-            out += [dict(i, constexprs={**i["constexprs"], "SWIGLU": False})
-                    for i in kernels_of(node, values, dt, arch, tuning, tokens, True)]
-            out.append(instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
-                                                         "F": "i32"}, {"BLOCK_F": 256}))
+            plain = gemm_config(tuning, target, values, node, False, False, tokens)
+            out += [moe_gemm_instance(n, node, values, dt, target, plain),
+                    instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
+                                                      "F": "i32"}, {"BLOCK_F": 256})]
     elif node.op == "swiglu":
         out.append(instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
                                                      "F": "i32"}, {"BLOCK_F": 256}))
@@ -186,7 +219,7 @@ def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: 
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_root = options.cache_path() / "lower"
     tuning = TuningCache(options.cache_path())
-    asm_stage, bin_stage = binary_stages(target)
+    asm_stage = binary_stages(target)[0]
     entries, hits = [], 0
     for i, inst in enumerate(node_instances(graph, target, tuning, options.tokens, options.backward)):
         entry = cache_root / cache_key(inst, target, options.stages)
@@ -214,7 +247,7 @@ def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: 
 def summary(manifest: dict) -> str:
     """One line: target, kernels, artifact bytes, matrix instructions in the grouped GEMMs, cache hits."""
     total = sum(k.get("bytes", 0) for k in manifest["kernels"])
-    gemm = [k for k in manifest["kernels"] if k["kernel"] == "grouped_gemm_kernel"]
+    gemm = [k for k in manifest["kernels"] if k["kernel"] == "moe_gemm_kernel"]
     instr = {}
     for k in gemm:
         for name, count in k["matrix_instructions"].items():

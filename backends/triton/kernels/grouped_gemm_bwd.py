@@ -9,7 +9,21 @@ grouped_gemm_dw_kernel: dw[e] = dy[seg e]^T @ x[seg e] (a grouped "X^T.Y"), one 
 import triton
 import triton.language as tl
 
-from .grouped_gemm import segment_tile
+
+@triton.jit
+def segment_tile(offsets_ptr, pid_m, E: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The rows of M-tile pid_m, tiles numbered segment by segment: (valid, expert, rows, row mask)."""
+    e = tl.arange(0, BLOCK_E)
+    lo_E = tl.load(offsets_ptr + e, mask=e < E, other=0)
+    hi_E = tl.load(offsets_ptr + e + 1, mask=e < E, other=0)
+    tiles_E = (hi_E - lo_E + BLOCK_M - 1) // BLOCK_M
+    ends_E = tl.cumsum(tiles_E, axis=0)
+    expert = tl.sum(tl.where(ends_E <= pid_m, 1, 0), axis=0)
+    here = e == expert
+    first_tile = tl.sum(tl.where(here, ends_E - tiles_E, 0), axis=0)
+    seg_hi = tl.sum(tl.where(here, hi_E, 0), axis=0)
+    rm = tl.sum(tl.where(here, lo_E, 0), axis=0) + (pid_m - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return pid_m < tl.sum(tiles_E, axis=0), expert, rm, rm < seg_hi
 
 
 @triton.jit
