@@ -19,10 +19,12 @@ import triton.language as tl
 def weight_tile(w, row0, k0, K, n_ok, W_TMA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """w[row0 : row0 + BLOCK_N, k0 : k0 + BLOCK_K]^T of the [E * N, K] weights, zeros outside."""
     if W_TMA:
-        return w.load([row0.to(tl.int32), k0]).T
-    rn = row0 + tl.arange(0, BLOCK_N)
-    rk = k0 + tl.arange(0, BLOCK_K)
-    return tl.load(w + rn[None, :] * K + rk[:, None], mask=n_ok[None, :] & (rk < K)[:, None], other=0.0)
+        tile = w.load([row0.to(tl.int32), k0]).T
+    else:
+        rn = row0 + tl.arange(0, BLOCK_N)
+        rk = k0 + tl.arange(0, BLOCK_K)
+        tile = tl.load(w + rn[None, :] * K + rk[:, None], mask=n_ok[None, :] & (rk < K)[:, None], other=0.0)
+    return tile
 
 
 @triton.jit
