@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import threading
 
 import numpy as np
@@ -79,9 +80,70 @@ class Interpreted:
         return launch
 
 
+TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32"}
+OPTIONS = ("num_warps", "num_stages")
+
+
+def arg_type(a) -> str:
+    if isinstance(a, TensorDescriptor):
+        return f"tensordesc<{TL[a.base.dtype]}[{', '.join(map(str, a.block_shape))}]>"
+    if isinstance(a, torch.Tensor):
+        return "*" + TL[a.dtype]
+    return "fp32" if isinstance(a, float) else "i1" if isinstance(a, bool) else "i32" if abs(a) < 2**31 else "i64"
+
+
+class Recorder:
+    """Ahead-of-time lowering runs the executable on meta tensors: each launch it would make on `target`
+    is recorded here (kernel, signature, constants, options, the nodes it serves) instead of run."""
+
+    def __init__(self, target: str):
+        self.target, self.phase, self.nodes, self.launches = target, "forward", [], {}
+
+    def record(self, name: str, *args, **kwargs):
+        names = [q.name for q in getattr(kernels, name).params if not q.is_constexpr]
+        constexprs = {k: v for k, v in kwargs.items() if k not in OPTIONS}
+        inst = {"kernel": name, "signature": {**{n: arg_type(a) for n, a in zip(names, args)},
+                                              **{k: "constexpr" for k in constexprs}},
+                "constexprs": constexprs, "num_warps": kwargs.get("num_warps", 4),
+                "num_stages": kwargs.get("num_stages", 3), "pass": self.phase}
+        found = self.launches.setdefault(json.dumps(inst, sort_keys=True), {**inst, "nodes": []})
+        found["nodes"] += [n for n in self.nodes if n not in found["nodes"]]
+
+
+RECORDING: list[Recorder] = []
+
+
+class Recorded:
+    """kernel(name, a meta tensor)[grid](...): the launch is recorded, not run."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getitem__(self, grid):
+        return functools.partial(RECORDING[-1].record, self.name)
+
+
+def attribute(nodes: list[str]):
+    """The graph nodes the next launches serve (for the lowering manifest)."""
+    if RECORDING:
+        RECORDING[-1].nodes = nodes
+
+
 def kernel(name: str, t: torch.Tensor):
+    if t.device.type == "meta":
+        return Recorded(name)
     jitted = getattr(kernels, name)
     return Interpreted(jitted.fn) if t.device.type == "cpu" else jitted
+
+
+def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:
+    """True when t's kernels compile for an NVIDIA GPU of compute capability >= min_major (or are recorded
+    for such a target)."""
+    if t.device.type == "meta":
+        target = RECORDING[-1].target
+        return target.startswith("cuda") and int(target.split("_")[-1]) // 10 >= min_major
+    return t.device.type == "cuda" and not torch.version.hip and torch.cuda.get_device_capability(t.device)[0] >= \
+        min_major
 
 
 def pow2(n: int) -> int:
@@ -90,7 +152,7 @@ def pow2(n: int) -> int:
 
 def dot_precision(t: torch.Tensor) -> str:
     """fp32 dots: 3xTF32 on NVIDIA tensor cores (near-fp32 accuracy), native fp32 elsewhere."""
-    if t.dtype == torch.float32 and t.device.type == "cuda" and torch.version.hip is None:
+    if t.dtype == torch.float32 and compiled_for_nvidia(t):
         return "tf32x3"
     return "ieee"
 
@@ -138,9 +200,8 @@ def dispatch(x, indices, *, num_experts):
 def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
     """Weights through a tensor descriptor: on NVIDIA sm_90+ (TMA) and in the interpreter (so the CPU tests
     cover that path), when the rows are 16-byte aligned as TMA requires."""
-    gpu_ok = w.device.type == "cuda" and not torch.version.hip and torch.cuda.get_device_capability(w.device)[0] >= 9
     aligned = w.is_contiguous() and (w.shape[-1] * w.element_size()) % 16 == 0 and w.data_ptr() % 16 == 0
-    return (w.device.type == "cpu" or gpu_ok) and aligned and cfg.block_k * w.element_size() >= 16
+    return (w.device.type == "cpu" or compiled_for_nvidia(w, 9)) and aligned and cfg.block_k * w.element_size() >= 16
 
 
 def moe_align(experts_R: torch.Tensor, num_experts: int, block_m: int):

@@ -10,17 +10,12 @@ import math
 import torch
 import triton
 
-from .launch import dot_precision, inverse_permutation, kernel, pow2
+from .launch import dot_precision, grouped_matmul, inverse_permutation, kernel, pow2
 from .tuning import GemmConfig
 
 
 def gemm_extra(t: torch.Tensor, cfg: GemmConfig) -> dict:
     return {} if t.device.type == "cpu" else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-
-
-def dx_tiles(cfg: GemmConfig) -> dict:
-    """The forward's tile shape with N and K swapped: N is the reduction in dx."""
-    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_k, "BLOCK_K": cfg.block_n}
 
 
 def dw_tiles(cfg: GemmConfig) -> dict:
@@ -29,20 +24,8 @@ def dw_tiles(cfg: GemmConfig) -> dict:
 
 
 def grouped_matmul_dx(dy_RN, weight_ENK, offsets, cfg: GemmConfig):
-    """dx[seg e] = dy[seg e] @ w[e]."""
-    R, N = dy_RN.shape
-    E, _, K = weight_ENK.shape
-    dx_RK = torch.empty(R, K, dtype=dy_RN.dtype, device=dy_RN.device)
-    if R == 0 or K == 0:
-        return dx_RK
-    if N == 0:
-        return dx_RK.zero_()
-    tiles = dx_tiles(cfg)
-    grid = (triton.cdiv(R, tiles["BLOCK_M"]) + E, triton.cdiv(K, tiles["BLOCK_K"]))
-    kernel("grouped_gemm_dx_kernel", dy_RN)[grid](
-        dy_RN.contiguous(), weight_ENK.contiguous(), dx_RK, offsets.contiguous(), N, K, E=E,
-        PRECISION=dot_precision(dy_RN), BLOCK_E=pow2(E), **tiles, **gemm_extra(dy_RN, cfg))
-    return dx_RK
+    """dx[seg e] = dy[seg e] @ w[e]: the forward's grouped GEMM over the transposed weights."""
+    return grouped_matmul(dy_RN, weight_ENK.transpose(1, 2).contiguous(), offsets, cfg)
 
 
 def grouped_matmul_dw(dy_RN, x_RK, offsets, num_experts: int, cfg: GemmConfig):

@@ -50,9 +50,9 @@ SHARED_MEMORY = {"sm_90": 232448, "sm_10": 232448, "sm_80": 166912, "sm_86": 101
 
 def limits_for(arch: str, torch_device: str | None = None) -> Limits:
     shared = next((v for k, v in SHARED_MEMORY.items() if arch.startswith(k)), 49152)
-    if torch_device and torch_device.startswith("cuda"):
-        import torch
+    import torch
 
+    if torch_device and torch_device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch_device)
         shared = getattr(props, "shared_memory_per_block_optin", shared) or shared
     return Limits(shared, 512, 64) if arch.startswith("gfx9") else Limits(shared)

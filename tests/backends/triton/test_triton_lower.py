@@ -25,8 +25,9 @@ EM_AMDGPU, EM_CUDA = 224, 190
 # LLVM's EF_AMDGPU_MACH values (llvm/BinaryFormat/ELF.h)
 AMDGPU_MACH = {"gfx90a": 0x3F, "gfx942": 0x4C, "gfx1100": 0x41}
 # fp32 on RDNA3: WMMA takes only 16-bit and int8 inputs, so an fp32 GEMM runs on FMA there.
-MATRIX = {"cuda:sm_80": "mma.sync", "cuda:sm_90": "wgmma", "cuda:sm_100": "tcgen05.mma",
-          "rocm:gfx90a": "v_mfma", "rocm:gfx942": "v_mfma"}
+# fp32 on sm_100: Triton lowers the fused SwiGLU's pair of 3xTF32 dots to FMA there (3.6 and 3.9); the 16-bit
+# kernels use tcgen05.mma (test_16bit_moe_gemm_uses_the_hopper_and_blackwell_paths...).
+MATRIX = {"cuda:sm_80": "mma.sync", "cuda:sm_90": "wgmma", "rocm:gfx90a": "v_mfma", "rocm:gfx942": "v_mfma"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_manifest_lists_every_kernel_with_its_artifacts(lowered, target):
     names = {k["kernel"] for k in manifest["kernels"]}
     assert names == {"router_kernel", "bucket_kernel", "align_kernel", "moe_gemm_kernel"}   # the fused MoE FFN
     binary = ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
-    moe_nodes = {n.name for n in graph.nodes if n.op in ("router", "dispatch", "grouped_matmul")}
+    moe_nodes = {n.name for n in graph.nodes if n.op in ("router", "dispatch", "grouped_matmul", "swiglu", "combine")}
     assert moe_nodes == {n for k in manifest["kernels"] for n in k["nodes"]}
     for k in manifest["kernels"]:
         assert set(k["artifacts"]) == {"ttir", "llir", *binary}
@@ -102,13 +103,14 @@ def test_grouped_gemm_uses_the_matrix_instructions(lowered, target):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_sm90_moe_gemm_uses_wgmma_and_tma_and_the_same_source_builds_for_gfx942(tmp_path, dtype):
+def test_16bit_moe_gemm_uses_the_hopper_and_blackwell_paths_and_builds_for_gfx942(tmp_path, dtype):
     """The production shape of the kernel: weights through tensor descriptors (cp.async.bulk.tensor) feeding
-    wgmma on sm_90; the same source compiles to an AMDGPU code object with MFMA for gfx942."""
+    wgmma on sm_90 (tcgen05.mma on sm_100); the same source compiles to an AMDGPU code object with MFMA."""
     from portable_moe.models import build_moe_layer
 
     graph = build_moe_layer(preset("debug").with_(dtype=dtype, shared_ffn=0))
-    for target, instr in (("cuda:sm_90", ("wgmma", "cp.async.bulk.tensor")), ("rocm:gfx942", ("v_mfma",))):
+    for target, instr in (("cuda:sm_90", ("wgmma", "cp.async.bulk.tensor")), ("rocm:gfx942", ("v_mfma",)),
+                          ("cuda:sm_100", ("tcgen05.mma", "cp.async.bulk.tensor"))):
         options = TritonOptions(cache_dir=str(tmp_path / "cache"), tokens=4096)
         manifest = TritonBackend().lower(graph, target, tmp_path / target.replace(":", "_"), options)
         gemms = [k for k in manifest["kernels"] if k["kernel"] == "moe_gemm_kernel"]
@@ -174,10 +176,12 @@ def test_backward_kernels_lower_with_matrix_instructions(lowered, target, tmp_pa
     _, _, _, options, graph = lowered[target]
     manifest = TritonBackend().lower(graph, target, tmp_path, dataclasses.replace(options, backward=True))
     backward = {k["kernel"]: k for k in manifest["kernels"] if k["pass"] == "backward"}
-    assert set(backward) == {"grouped_gemm_dx_kernel", "grouped_gemm_dw_kernel", "moe_gemm_kernel",
-                             "swiglu_bwd_kernel", "combine_bwd_kernel", "dispatch_bwd_kernel"}
-    assert backward["moe_gemm_kernel"]["constexprs"]["SWIGLU"] is False   # recomputes gate_up
-    for name in ("grouped_gemm_dx_kernel", "grouped_gemm_dw_kernel"):
+    assert set(backward) == {"moe_gemm_kernel", "bucket_kernel", "align_kernel", "grouped_gemm_dw_kernel",
+                             "swiglu_bwd_kernel", "combine_bwd_kernel", "inverse_kernel", "dispatch_bwd_kernel"}
+    assert backward["moe_gemm_kernel"]["constexprs"]["SWIGLU"] is False   # recomputes gate_up; dx
+    training = {k["kernel"] for k in manifest["kernels"] if k["pass"] == "training"}
+    assert training >= {"dispatch_kernel", "combine_kernel"}
+    for name in ("moe_gemm_kernel", "grouped_gemm_dw_kernel"):
         k = backward[name]
         text = (tmp_path / k["artifacts"]["ptx" if target.startswith("cuda") else "amdgcn"]).read_text()
         assert text.count(MATRIX[target]) > 0, f"{name} has no {MATRIX[target]}"
