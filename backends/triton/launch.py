@@ -197,6 +197,10 @@ def dispatch(x, indices, *, num_experts):
     return rows_RH, offsets, order_R
 
 
+def gemm_extra(t: torch.Tensor, cfg: GemmConfig) -> dict:
+    return {} if t.device.type == "cpu" else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
 def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
     """Weights through a tensor descriptor: on NVIDIA sm_90+ (TMA) and in the interpreter (so the CPU tests
     cover that path), when the rows are 16-byte aligned as TMA requires."""
@@ -230,12 +234,11 @@ def moe_gemm(a, weight_ENK, y, slots, block_expert, cfg: GemmConfig, *, a_div=1,
     w = weight_ENK.contiguous()
     if use_tma(w, cfg):
         w = TensorDescriptor(w, [E * N, K], [K, 1], [cfg.block_n, cfg.block_k])
-    extra = {} if a.device.type == "cpu" else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     kernel("moe_gemm_kernel", a)[(block_expert.numel() * triton.cdiv(y.shape[1], cfg.block_n),)](
         a.contiguous(), w, y, slots, block_expert, y if scale is None else scale.contiguous(), y.shape[0],
         y.shape[1], K, A_DIV=a_div, SWIGLU=swiglu, SCALE=scale is not None, W_TMA=isinstance(w, TensorDescriptor),
         PRECISION=dot_precision(a), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8,
-        **extra)
+        **gemm_extra(a, cfg))
     return y
 
 

@@ -177,7 +177,7 @@ def test_backward_kernels_lower_with_matrix_instructions(lowered, target, tmp_pa
     manifest = TritonBackend().lower(graph, target, tmp_path, dataclasses.replace(options, backward=True))
     backward = {k["kernel"]: k for k in manifest["kernels"] if k["pass"] == "backward"}
     assert set(backward) == {"moe_gemm_kernel", "bucket_kernel", "align_kernel", "grouped_gemm_dw_kernel",
-                             "swiglu_bwd_kernel", "combine_bwd_kernel", "inverse_kernel", "dispatch_bwd_kernel"}
+                             "swiglu_bwd_kernel", "combine_bwd_kernel", "inverse_kernel", "combine_kernel"}
     assert backward["moe_gemm_kernel"]["constexprs"]["SWIGLU"] is False   # recomputes gate_up; dx
     training = {k["kernel"] for k in manifest["kernels"] if k["pass"] == "training"}
     assert training >= {"dispatch_kernel", "combine_kernel"}
