@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--out", type=Path, help="also write the markdown tables to this file")
     p.add_argument("--autotune", action="store_true", help="tune our GEMM tiles first (the launched variants)")
-    p.add_argument("--cache-dir", default=None, help="tuned-config cache (default ~/.cache/portable_moe/triton)")
+    p.add_argument("--cache-dir", default=None, help="tuned-config cache (default: triton/ in the cache dir)")
     return p.parse_args(argv)
 
 
@@ -186,10 +186,9 @@ def main(argv=None) -> int:
     import transformers
     import triton
 
-    from portable_moe.backends.triton import tuning
+    from portable_moe.backends.triton import TritonOptions, tuning
 
-    cache = tuning.TuningCache(Path(args.cache_dir).expanduser() if args.cache_dir else
-                               Path.home() / ".cache/portable_moe/triton")
+    cache = tuning.TuningCache(TritonOptions(cache_dir=args.cache_dir).cache_path())
     dense, bandwidth = ceilings(torch)
     tokens = args.tokens or (QUICK if args.quick else TOKENS)
     lines = [f"# Triton MoE layer on {torch.cuda.get_device_name(0)}, bf16 (torch {torch.__version__}, triton "

@@ -2,10 +2,11 @@
 one source for every device: compiled on CUDA and ROCm, run by Triton's interpreter on the CPU (slow; its
 bfloat16 tl.dot is wrong, so bfloat16 is declined there). Dense ops run on other backends.
 
-Rooms: this file (the plug-in and its support table), plan.py (run-time planning: the fused MoE chain),
-executable.py (+ autograd.py: every op has a Triton backward), launch.py / launch_bwd.py (torch tensors to
-kernel launches), kernels/, tuning.py (tile tables, device limits, autotune), lower.py (ahead of time:
-PTX/cubin, AMDGCN/hsaco and manifest.json, from the launches the executable records on meta tensors)."""
+Rooms: this file (the plug-in and its support table); executable.py (run-time planning: the fused MoE
+chain of ir.rewrites, op by op when gradients are wanted; autograd.py: every op has a Triton backward);
+launch.py, launch_bwd.py (torch tensors to launches); kernels/; tuning.py (tile tables, device limits,
+autotune); lower.py (ahead of time: PTX/cubin, AMDGCN/hsaco and manifest.json, from the launches the
+executable records on meta tensors)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Runs a graph with the Triton kernels, as plan.py lays it out. In inference a MoE chain runs fused
-(launch.moe_ffn); when gradients are wanted every node runs through the autograd Functions of .autograd
+"""Runs a graph with the Triton kernels (the run-time planning). In inference a MoE chain (ir.rewrites)
+runs fused (launch.moe_ffn); when gradients are wanted every node runs through the autograd Functions of .autograd
 (each op has a Triton backward), with the gate_up GEMM and its SwiGLU fused. Nothing here waits on the
 device: index checks run only on values that come from outside the graph."""
 
@@ -10,11 +10,11 @@ from collections.abc import Mapping
 import torch
 
 from ...ir import Graph, IRError, Node
+from ...ir.rewrites import moe_chains, swiglu_epilogues
 from ..base import Executable
 from ..devices import Device
 from . import autograd as fn
 from . import launch
-from .plan import fusable_swiglu, moe_chains
 from .tuning import TuningCache, limits_for, variant
 
 
@@ -38,7 +38,7 @@ class TritonExecutable(Executable):
 
     def __init__(self, graph: Graph, device: Device, cache: TuningCache):
         super().__init__(graph, device)
-        self.cache, self.fused, self.chains = cache, fusable_swiglu(graph), moe_chains(graph)
+        self.cache, self.fused, self.chains = cache, swiglu_epilogues(graph), moe_chains(graph)
         self.outside = {v.name for v in graph.inputs} | {v.name for v in graph.params}
         self.limits = None if device.kind == "cpu" else limits_for(device.arch, device.torch_device)
         self.notes: list[str] = []
@@ -99,10 +99,9 @@ class TritonExecutable(Executable):
                 continue
             chain = None if grads else self.chains.get(node.name)
             if chain is not None:
-                launch.attribute([n.name for n in (chain.dispatch, chain.gate_up, chain.swiglu, chain.down,
-                                                   chain.combine)])
+                launch.attribute([n.name for n in chain.nodes])
                 self.run_chain(chain, env)
-                done |= chain.names
+                done |= {n.name for n in chain.nodes}
                 continue
             launch.attribute([node.name])
             if node.name in self.fused:

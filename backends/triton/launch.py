@@ -20,10 +20,8 @@ from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import kernels
+from .kernels.router import scoring_code
 from .tuning import GemmConfig
-
-SCORING = {"softmax": 0, "sigmoid": 1, "softmax_topk": 2}
-
 
 _INTERPRETER_LOCK = threading.RLock()
 
@@ -160,7 +158,7 @@ def dot_precision(t: torch.Tensor) -> str:
 def router_constexprs(E: int, H: int, has_bias: bool, has_score_bias: bool, *, top_k, scoring, num_groups,
                       top_groups, group_score, normalize, scaling=None) -> dict:
     """The router kernel's compile-time constants (what the launch and ahead-of-time lowering both use)."""
-    return dict(E=E, TOP_K=top_k, SCORING=SCORING[scoring], NUM_GROUPS=num_groups, TOP_GROUPS=top_groups,
+    return dict(E=E, TOP_K=top_k, SCORING=scoring_code(scoring), NUM_GROUPS=num_groups, TOP_GROUPS=top_groups,
                 GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize, HAS_BIAS=has_bias,
                 HAS_SCORE_BIAS=has_score_bias, BLOCK_E=pow2(E), BLOCK_H=min(pow2(H), 128), BLOCK_K=pow2(top_k),
                 BLOCK_G=pow2(num_groups))

@@ -9,8 +9,8 @@ intermediates), bfloat16 3e-2 (the same in bfloat16, 2^-8 per rounding, a few ro
 import pytest
 import torch
 
-from portable_moe.backends.reference import ops as ref
-from portable_moe.backends.reference import run_graph
+from portable_moe.ir import meanings as ref
+from portable_moe.ir.meanings import run_graph
 from portable_moe.models import build_model, build_moe_layer, init_params, preset
 from portable_moe.runtime.tolerance import global_error
 
