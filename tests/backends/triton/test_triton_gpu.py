@@ -82,8 +82,8 @@ def test_grouped_gemm_and_fused_moe_ffn(dtype, tokens):
     rows, offsets, order = ref.dispatch(x.double(), idx, num_experts=E)
     h64 = ref.swiglu(ref.grouped_matmul(rows, gate_up.double(), offsets))
     want = ref.combine(ref.grouped_matmul(h64, down.double(), offsets), order, wts.double())
-    gu, dn = gate_up.to(DEV), down.to(DEV)
-    h = launch.grouped_matmul(rows.to(dtype).to(DEV), gu, offsets.to(DEV), gpu_config(rows, gu, True), swiglu=True)
+    gu, dn, rows = gate_up.to(DEV), down.to(DEV), rows.to(dtype).to(DEV)
+    h = launch.grouped_matmul(rows, gu, offsets.to(DEV), gpu_config(rows, gu, True), swiglu=True)
     close(h, h64, dtype, "grouped gate_up + swiglu")
     out = launch.moe_ffn(x.to(DEV), idx.to(DEV), wts.to(DEV), gu, dn, gpu_config(rows, gu, True, True),
                          gpu_config(rows, dn, False))
