@@ -155,17 +155,9 @@ def dot_precision(t: torch.Tensor) -> str:
     return "ieee"
 
 
-def router_constexprs(E: int, H: int, has_bias: bool, has_score_bias: bool, *, top_k, scoring, num_groups,
-                      top_groups, group_score, normalize, scaling=None) -> dict:
-    """The router kernel's compile-time constants (what the launch and ahead-of-time lowering both use)."""
-    return dict(E=E, TOP_K=top_k, SCORING=scoring_code(scoring), NUM_GROUPS=num_groups, TOP_GROUPS=top_groups,
-                GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize, HAS_BIAS=has_bias,
-                HAS_SCORE_BIAS=has_score_bias, BLOCK_E=pow2(E), BLOCK_H=min(pow2(H), 128), BLOCK_K=pow2(top_k),
-                BLOCK_G=pow2(num_groups))
-
-
-def router(x, weight, bias, score_bias, **attrs):
-    lead, (E, H), top_k = x.shape[:-1], weight.shape, attrs["top_k"]
+def router(x, weight, bias, score_bias, *, top_k, scoring, num_groups, top_groups, group_score, normalize,
+           scaling):
+    lead, (E, H) = x.shape[:-1], weight.shape
     x_TH = x.reshape(-1, H).contiguous()
     T = x_TH.shape[0]
     weights_TK = torch.empty(T, top_k, dtype=x.dtype, device=x.device)
@@ -175,7 +167,10 @@ def router(x, weight, bias, score_bias, **attrs):
         kernel("router_kernel", x)[(T,)](
             x_TH, weight.contiguous(), bias.contiguous() if bias is not None else logits_TE,
             score_bias.contiguous() if score_bias is not None else logits_TE, weights_TK, idx_TK, logits_TE, H,
-            float(attrs["scaling"]), **router_constexprs(E, H, bias is not None, score_bias is not None, **attrs))
+            float(scaling), E=E, TOP_K=top_k, SCORING=scoring_code(scoring), NUM_GROUPS=num_groups,
+            TOP_GROUPS=top_groups, GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize,
+            HAS_BIAS=bias is not None, HAS_SCORE_BIAS=score_bias is not None, BLOCK_E=pow2(E),
+            BLOCK_H=min(pow2(H), 128), BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))
     return weights_TK.reshape(*lead, top_k), idx_TK.reshape(*lead, top_k), logits_TE.reshape(*lead, E)
 
 
