@@ -197,7 +197,8 @@ def gemm_extra(t: torch.Tensor, cfg: GemmConfig) -> dict:
 def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
     """Weights through a tensor descriptor: on NVIDIA sm_90+ (TMA) and in the interpreter (so the CPU tests
     cover that path), when the rows are 16-byte aligned as TMA requires."""
-    aligned = w.is_contiguous() and (w.shape[-1] * w.element_size()) % 16 == 0 and w.data_ptr() % 16 == 0
+    aligned = w.numel() > 0 and w.is_contiguous() and (w.shape[-1] * w.element_size()) % 16 == 0 and \
+        w.data_ptr() % 16 == 0
     return (w.device.type == "cpu" or compiled_for_nvidia(w, 9)) and aligned and cfg.block_k * w.element_size() >= 16
 
 
