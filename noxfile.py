@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (the README's test command), lint, conformance, demo, benchmarks."""
+"""Sessions: `nox -s tests` (the README's test command), lint, conformance, demo, benchmarks, the Triton tests
+under each supported Triton, and `nox -s gpu` (the GPU check, on a machine whose Python has a CUDA torch)."""
 
 import nox
 
@@ -52,3 +53,25 @@ def benchmarks(session):
     install(session)
     for script in ("bench_tvm_cpu", "bench_onnx", "bench_balance", "bench_train_hetero"):
         session.run("python", f"benchmarks/{script}.py")
+
+
+# The Triton range pyproject states: the one a CUDA build of torch ships today (torch 2.11 -> 3.6.0) and the
+# newest. `nox -s tests` runs the newest; CI adds the oldest.
+TRITON_VERSIONS = ("3.6.0", "newest")
+
+
+@nox.session
+@nox.parametrize("triton", TRITON_VERSIONS)
+def triton(session, triton):
+    """The Triton backend's tests (interpreter and cross-compilation) under one supported Triton."""
+    install(session)
+    session.install("triton" if triton == "newest" else f"triton=={triton}")
+    session.run("pytest", "-q", "tests/backends/triton", *session.posargs, env={"PORTABLE_MOE_CACHE_DIR": str(
+        session.create_tmp() + "/cache")})
+
+
+@nox.session(python=False)
+def gpu(session):
+    """The GPU check in the current Python (it must already have a CUDA torch; nothing is installed): gpu
+    tests, conformance on cuda:0, the GPU benchmark, cuda:0+cpu training with resume; a summary at the end."""
+    session.run("python", "-m", "portable_moe.gpucheck", *session.posargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -75,6 +76,18 @@ class Support:
     def to_dict(self) -> dict:
         return {"ops": {op: sorted(d.value for d in ds) for op, ds in sorted(self.ops.items())},
                 "declined": dict(self.declined)}
+
+
+@functools.cache
+def import_failure(module: str) -> str | None:
+    """None when `module` imports here, else "<module> not importable: <why>" (a missing optional
+    component is a reason a backend is unusable, never a traceback later)."""
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError (OSError, ...)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{module} not importable: {why}"
+    return None
 
 
 def node_dtype(node: Node, types: Mapping) -> DType:

@@ -108,9 +108,33 @@ def discover() -> list[Device]:
     return found
 
 
+KINDS = ("cpu", "cuda", "rocm", "xpu", "mps", "opencl")
+
+
+def normalize(name: str) -> str:
+    """A device name as people write it -> its id, the same in every entry point: a kind alone means
+    index 0 (`cuda` is `cuda:0`), the CPU is `cpu`; an island label (`cpu@amd`) is kept."""
+    text = str(name).strip().lower()
+    base, at, island = text.partition("@")
+    kind, colon, index = base.partition(":")
+    if kind not in KINDS or (colon and not index.isdigit()) or (at and not island):
+        raise DeviceError(f"'{name}' is not a device name; write KIND or KIND:INDEX with KIND one of "
+                          f"{', '.join(KINDS)} (e.g. cuda, cuda:1, cpu)")
+    if kind == "cpu" and int(index or 0) == 0:
+        return "cpu" + at + island
+    return f"{kind}:{int(index or 0)}" + at + island
+
+
 def find(device_id: str, devices: list[Device]) -> Device:
+    """The device named device_id (any form normalize() takes); torch's habit of calling AMD GPUs
+    `cuda` is understood on a machine whose GPUs are ROCm ones."""
+    wanted = normalize(device_id).partition("@")[0]
     for d in devices:
-        if d.id == device_id or (device_id == "cpu:0" and d.kind == "cpu"):
+        if d.id == wanted:
             return d
+    if wanted.startswith("cuda:"):
+        rocm = [d for d in devices if d.id == wanted.replace("cuda", "rocm", 1)]
+        if rocm and not any(d.kind == "cuda" for d in devices):
+            return rocm[0]
     known = ", ".join(d.id for d in devices)
     raise DeviceError(f"no device '{device_id}' on this machine; found: {known}")

@@ -57,3 +57,36 @@ def expert_ffns(graph: Graph) -> dict[str, ExpertFFN]:
         if down and down.inputs[0] == act.outputs[0].name and down.inputs[2] == first.inputs[2]:
             found[name] = ExpertFFN(first, act, down)
     return found
+
+
+@dataclass(frozen=True)
+class MoeChain:
+    dispatch: Node
+    gate_up: Node
+    swiglu: Node
+    down: Node
+    combine: Node
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.dispatch, self.gate_up, self.swiglu, self.down, self.combine]
+
+
+def moe_chains(graph: Graph) -> dict[str, MoeChain]:
+    """dispatch -> grouped_matmul -> swiglu -> grouped_matmul -> combine whose rows, offsets, order and
+    intermediates nothing else reads: dispatch node name -> the chain (one fused MoE FFN computes it: the
+    gate_up GEMM gathers token rows, the down GEMM weights its rows, combine becomes a sum)."""
+    table, found = users(graph), {}
+    for d in (n for n in graph.nodes if n.op == "dispatch"):
+        rows, offsets, order = (v.name for v in d.outputs)
+        gate_up = only_use(table, graph, rows, "grouped_matmul")
+        act = gate_up and only_use(table, graph, gate_up.outputs[0].name, "swiglu")
+        down = act and only_use(table, graph, act.outputs[0].name, "grouped_matmul")
+        combine = down and only_use(table, graph, down.outputs[0].name, "combine")
+        if not combine or offsets in graph.outputs or only_use(table, graph, order, "combine") is not combine:
+            continue
+        wired = gate_up.inputs[0] == rows and down.inputs[0] == act.outputs[0].name
+        if wired and {n.name for n in table.get(offsets, [])} == {gate_up.name, down.name} \
+                and list(combine.inputs[:2]) == [down.outputs[0].name, order]:
+            found[d.name] = MoeChain(d, gate_up, act, down, combine)
+    return found

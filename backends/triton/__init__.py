@@ -1,23 +1,12 @@
-"""The Triton backend: the MoE hot path (router, dispatch, grouped GEMM with a fused SwiGLU epilogue,
-SwiGLU, combine) as Triton kernels, one source for every device.
+"""The Triton backend: the MoE hot path (router, dispatch, grouped GEMMs, SwiGLU, combine) as Triton kernels,
+one source for every device: compiled on CUDA and ROCm, run by Triton's interpreter on the CPU (slow; its
+bfloat16 tl.dot is wrong, so bfloat16 is declined there). Dense ops run on other backends.
 
-- CUDA and ROCm: Triton compiles the kernels at run time; the grouped GEMM's tile config comes from the
-  tuned cache (tuning.py), and an untuned default is reported in `executable.notes`.
-- CPU: the same kernels run through Triton's interpreter (slow: tests use tiny shapes). Triton 3.9's
-  interpreter gives garbage for bfloat16 tl.dot, so bfloat16 is declined on the CPU with that reason.
-- Ahead of time: `lower()` writes PTX+cubin (NVIDIA) or AMDGCN+hsaco (AMD) per kernel, plus manifest.json,
-  with a disk cache under options.cache_dir (lower.py).
-- Backward (autograd.py, kernels/grouped_gemm_bwd.py, kernels/backward.py): executables are differentiable
-  (every op here has a backward path), so run() records a torch autograd graph through Functions whose
-  backward runs Triton kernels: grouped GEMM dx = dy[seg] @ w[e] and dw[e] = dy[seg]^T @ x[seg] (fp32
-  accumulation); the fused gate_up+SwiGLU recomputes gate_up from the saved input, then the SwiGLU
-  derivative kernel; combine (row grads = weight * grad_out, routing-weight grads = <y row, grad_out>) and
-  dispatch (per-token gather-sum of row grads, no atomics) are Triton kernels too. The router's backward is
-  torch autograd through the reference math (logits -> scores -> selected weights, float32) for the experts
-  the kernel selected. The runtime's reference fallback is no longer used for this backend.
-  `TritonOptions(backward=True)` makes lower() compile the backward kernels as well.
-- Dense ops (linear, rms_norm, attention, ...) are not declared: the runtime runs them elsewhere.
-"""
+Rooms: this file (the plug-in and its support table); executable.py (run-time planning: the fused MoE
+chain of ir.rewrites, op by op when gradients are wanted; autograd.py: every op has a Triton backward);
+launch.py, launch_bwd.py (torch tensors to launches); kernels/; tuning.py (tile tables, device limits,
+autotune); lower.py (ahead of time: PTX/cubin, AMDGCN/hsaco and manifest.json, from the launches the
+executable records on meta tensors)."""
 
 from __future__ import annotations
 
@@ -25,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...ir import DType, Graph
-from ..base import Backend, BackendError, BackendOptions, Executable, Support
+from ..base import Backend, BackendError, BackendOptions, Executable, Support, import_failure
 from ..devices import Device
 
 OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
@@ -58,7 +47,8 @@ class TritonBackend(Backend):
 
     def availability(self, device: Device) -> str | None:
         if device.kind in ("cpu", "cuda", "rocm"):
-            return None
+            return import_failure("triton") or (import_failure("triton.runtime.interpreter")
+                                                if device.kind == "cpu" else None)
         return f"triton: runs on CUDA, ROCm and the CPU (interpreter), not on {device.kind}"
 
     def support(self, device: Device) -> Support:
@@ -85,6 +75,8 @@ class TritonBackend(Backend):
         from .lower import lower_graph
 
         self.check_target(target)
+        if import_failure("triton"):
+            raise BackendError(import_failure("triton"))
         device = Device(target.split(":")[0], 0, "", "", target.split(":")[1], 0, "")
         not_lowered = []
         for node, reason in self.unsupported(graph, device):

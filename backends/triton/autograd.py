@@ -1,15 +1,8 @@
-"""torch.autograd.Functions around the Triton kernels: forward and backward both run Triton kernels,
-except the router's backward (see RouterFn). Legend: T tokens, H hidden, E experts, K top-k, R = T*K
-rows, N out features, F = N/2.
-
-- grouped_matmul: dx = dy[seg] @ w[e] and dw[e] = dy[seg]^T @ x[seg], Triton (kernels/grouped_gemm_bwd).
-- grouped_matmul fused with swiglu: the backward recomputes the pre-activation gate_up = x @ w[e]^T from
-  the saved input (one more forward GEMM instead of keeping an R x 2F tensor alive), then the SwiGLU
-  derivative (Triton, kernels/backward), then the two GEMMs above.
-- swiglu, combine (dy rows and d routing weights), dispatch (gather-sum of row grads per token):
-  Triton kernels (kernels/backward).
-- router: torch autograd through the reference math for logits -> scores -> the selected weights, in
-  float32, with the experts the Triton kernel selected (selection itself has no gradient)."""
+"""torch.autograd.Functions around the Triton kernels; each backward runs Triton kernels too, except the
+router's: torch autograd through the reference math (logits -> scores -> weights, float32) for the experts
+the kernel selected. The fused gate_up + SwiGLU recomputes gate_up from the saved input in its backward
+(one more GEMM instead of keeping R x 2F alive). Legend: T tokens, H hidden, E experts, K top-k,
+R = T*K rows, N out features, F = N/2."""
 
 from __future__ import annotations
 

@@ -5,22 +5,11 @@ Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 
-from .launch import dot_precision, inverse_permutation, kernel, pow2
+from .launch import combine, dot_precision, gemm_extra, grouped_matmul, kernel, pow2
 from .tuning import GemmConfig
-
-
-def gemm_extra(t: torch.Tensor, cfg: GemmConfig) -> dict:
-    return {} if t.device.type == "cpu" else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-
-
-def dx_tiles(cfg: GemmConfig) -> dict:
-    """The forward's tile shape with N and K swapped: N is the reduction in dx."""
-    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_k, "BLOCK_K": cfg.block_n}
 
 
 def dw_tiles(cfg: GemmConfig) -> dict:
@@ -29,20 +18,8 @@ def dw_tiles(cfg: GemmConfig) -> dict:
 
 
 def grouped_matmul_dx(dy_RN, weight_ENK, offsets, cfg: GemmConfig):
-    """dx[seg e] = dy[seg e] @ w[e]."""
-    R, N = dy_RN.shape
-    E, _, K = weight_ENK.shape
-    dx_RK = torch.empty(R, K, dtype=dy_RN.dtype, device=dy_RN.device)
-    if R == 0 or K == 0:
-        return dx_RK
-    if N == 0:
-        return dx_RK.zero_()
-    tiles = dx_tiles(cfg)
-    grid = (triton.cdiv(R, tiles["BLOCK_M"]) + E, triton.cdiv(K, tiles["BLOCK_K"]))
-    kernel("grouped_gemm_dx_kernel", dy_RN)[grid](
-        dy_RN.contiguous(), weight_ENK.contiguous(), dx_RK, offsets.contiguous(), N, K, E=E,
-        PRECISION=dot_precision(dy_RN), BLOCK_E=pow2(E), **tiles, **gemm_extra(dy_RN, cfg))
-    return dx_RK
+    """dx[seg e] = dy[seg e] @ w[e]: the forward's grouped GEMM over the transposed weights."""
+    return grouped_matmul(dy_RN, weight_ENK.transpose(1, 2).contiguous(), offsets, cfg)
 
 
 def grouped_matmul_dw(dy_RN, x_RK, offsets, num_experts: int, cfg: GemmConfig):
@@ -85,14 +62,8 @@ def combine_bwd(y_RH, order_R, weights, dout):
 
 
 def dispatch_bwd(drows_RH, order_R, x_shape, top_k: int):
-    """dx[t] = sum of the gradients of the rows copied from token t."""
-    H = drows_RH.shape[-1]
-    R = order_R.numel()
-    T = math.prod(x_shape[:-1])
-    dx_TH = torch.zeros(T, H, dtype=drows_RH.dtype, device=drows_RH.device)
-    if R and H:
-        inverse_R = inverse_permutation(order_R)
-        block = min(pow2(H), 256)
-        kernel("dispatch_bwd_kernel", drows_RH)[(T, triton.cdiv(H, block))](
-            drows_RH.contiguous(), inverse_R, dx_TH, H, TOP_K=top_k, BLOCK_H=block)
-    return dx_TH.reshape(x_shape)
+    """dx[t] = sum of the gradients of the rows copied from token t: combine with unit weights."""
+    if not top_k:
+        return torch.zeros(x_shape, dtype=drows_RH.dtype, device=drows_RH.device)
+    ones = torch.ones(order_R.numel() // top_k, top_k, dtype=drows_RH.dtype, device=drows_RH.device)
+    return combine(drows_RH, order_R, ones).reshape(x_shape)

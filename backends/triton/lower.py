@@ -1,14 +1,14 @@
-"""Ahead-of-time lowering: every kernel instance of a graph compiled by Triton for a named GPU target on
-any machine (no GPU needed): PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD), intermediate stages on
-request, manifest.json. With options.backward, the training kernels too (grouped GEMM dx/dw, SwiGLU,
-combine and dispatch backward), each instance marked "pass": "backward" in the manifest. Compiled kernels
+"""Ahead-of-time lowering: every kernel instance the executable would launch, compiled by Triton for a named
+GPU target on any machine (no GPU needed): PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD), intermediate
+stages on request, manifest.json. The instances are found by running the executable on meta tensors with
+the launches recorded, so what is lowered is what runs. With options.backward, the training kernels too,
+marked "pass": "training" (op-by-op forward) and "backward". Compiled kernels
 are kept in the backends' trusted artifact store (cache_dir/lower/), keyed by kernel source, signature,
 constexprs, launch options, target and Triton version, and verified against their digests on every load."""
 
 from __future__ import annotations
 
 import functools
-import json
 from functools import cache
 from pathlib import Path
 
@@ -17,17 +17,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ...ir import Graph
-from ...ir.rewrites import swiglu_epilogues
 from ..base import BackendError, write_manifest
 from ..cache import Store, make_key
-from . import kernels
-from .kernels.router import scoring_code
-from .launch import pow2
-from .launch_bwd import dw_tiles, dx_tiles
+from ..devices import Device
+from . import OPS, kernels, launch
+from .executable import TritonExecutable
 from .tuning import TuningCache
 
-KERNEL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
-TL_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
 
@@ -43,112 +39,44 @@ def binary_stages(target: str) -> tuple[str, str]:
     return ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
 
 
-def instance(name: str, nodes: list[str], signature: dict, constexprs: dict, config: dict | None = None,
-             num_warps: int = 4, num_stages: int = 3) -> dict:
-    sig = dict(signature)
-    sig.update({k: "constexpr" for k in constexprs})
-    return {"kernel": name, "nodes": nodes, "signature": sig, "constexprs": constexprs, "tile_config": config,
-            "num_warps": num_warps, "num_stages": num_stages, "pass": "forward"}
+def meta_env(graph: Graph, tokens: int, grads: bool) -> dict:
+    """A meta tensor (shape and dtype, no data) for every value; the token dimension is `tokens` long."""
+    import torch
+
+    first = next((d for d in reversed(graph.inputs[0].type.shape) if isinstance(d, str)), None) if graph.inputs \
+        else None
+    env = {}
+    for name, v in graph.values().items():
+        shape = [d if isinstance(d, int) else tokens if d == first else 1 for d in v.type.shape]
+        t = torch.empty(shape, dtype=getattr(torch, v.type.dtype.value), device="meta")
+        env[name] = t.requires_grad_() if grads and t.is_floating_point() else t
+    return env
 
 
-def node_instances(graph: Graph, target: str, tuning: TuningCache, tokens: int, backward: bool = False) -> list[dict]:
-    """One kernel instance per (kernel, signature, constexprs, options); nodes sharing one are merged."""
-    values, fused = graph.values(), swiglu_epilogues(graph)
-    fused_away = {n.name for n in fused.values()}
-    arch = target.split(":")[1]
-    found: dict[str, dict] = {}
-    for node in graph.nodes:
-        if node.name in fused_away or node.op not in KERNEL_OPS:
-            continue
-        dt = TL_DTYPES[values[node.inputs[0]].type.dtype.value]
-        insts = kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused)
+def node_instances(graph: Graph, target: str, cache_dir: Path, tokens: int, backward: bool = False) -> list[dict]:
+    """Every kernel instance the executable launches on the target for `tokens` tokens, found by running it
+    on meta tensors with the launches recorded (the fused MoE chain as in inference; with backward, the
+    training forward and the backward kernels too), nodes sharing one instance merged."""
+    import torch
+
+    kind, arch = target.split(":")
+    exe = TritonExecutable(graph, Device(kind, 0, "", "", arch, 0, ""), TuningCache(cache_dir))
+    recorder = launch.Recorder(target)
+    launch.RECORDING.append(recorder)
+    try:
+        exe.execute(meta_env(graph, tokens, False), grads=False, only=frozenset(OPS))
         if backward:
-            insts += backward_kernels_of(node, values, dt, arch, tuning, tokens, node.name in fused)
-        for inst in insts:
-            k = json.dumps({x: inst[x] for x in ("kernel", "signature", "constexprs", "num_warps", "num_stages",
-                                                 "pass")},
-                           sort_keys=True)
-            if k in found:
-                found[k]["nodes"].append(node.name)
-            else:
-                found[k] = inst
-    return list(found.values())
-
-
-def kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict]:
-    a, n = node.attrs, [node.name]
-    if node.op == "router":
-        E, H = values[node.inputs[1]].type.shape
-        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "score_bias_ptr": "*fp32",
-               "weights_ptr": f"*{dt}", "idx_ptr": "*i64", "logits_ptr": "*fp32", "H": "i32", "scaling": "fp32"}
-        ce = {"E": E, "TOP_K": a["top_k"], "SCORING": scoring_code(a["scoring"]), "NUM_GROUPS": a["num_groups"],
-              "TOP_GROUPS": a["top_groups"], "GROUP_TOP2": a["group_score"] == "top2_sum",
-              "NORMALIZE": a["normalize"], "HAS_BIAS": node.inputs[2] is not None,
-              "HAS_SCORE_BIAS": node.inputs[3] is not None, "BLOCK_E": pow2(E), "BLOCK_H": min(pow2(H), 128),
-              "BLOCK_K": pow2(a["top_k"]), "BLOCK_G": pow2(a["num_groups"])}
-        return [instance("router_kernel", n, sig, ce)]
-    if node.op == "dispatch":
-        E, K = a["num_experts"], values[node.inputs[1]].type.shape[-1]
-        return [instance("dispatch_kernel", n, {"idx_ptr": "*i64", "order_ptr": "*i64", "offsets_ptr": "*i64",
-                                                "R": "i32"}, {"E": E, "BLOCK_E": pow2(E), "BLOCK_R": 64}),
-                instance("gather_kernel", n, {"x_ptr": f"*{dt}", "order_ptr": "*i64", "rows_ptr": f"*{dt}",
-                                              "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256})]
-    if node.op == "grouped_matmul":
-        E, N, K = values[node.inputs[1]].type.shape
-        dtype = values[node.inputs[0]].type.dtype.value
-        cfg, _ = tuning.get(arch, dtype, N, K, tokens)
-        precision = "tf32x3" if dt == "fp32" and arch.startswith("sm") else "ieee"
-        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "offsets_ptr": "*i64",
-               "scale_ptr": f"*{dt}", "order_ptr": "*i64", "N_OUT": "i32", "K": "i32"}
-        ce = {"E": E, "SWIGLU": fuse_swiglu, "SCALE": False, "PRECISION": precision, "BLOCK_E": pow2(E),
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
-        return [instance("grouped_gemm_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages)]
-    if node.op == "swiglu":
-        return [instance("swiglu_kernel", n, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "F": "i32"}, {"BLOCK_F": 256})]
-    if node.op == "combine":
-        K = values[node.inputs[2]].type.shape[-1]
-        return [instance("inverse_kernel", n, {"order_ptr": "*i64", "inverse_ptr": "*i64", "R": "i32"},
-                         {"BLOCK_R": 256}),
-                instance("combine_kernel", n, {"y_ptr": f"*{dt}", "inverse_ptr": "*i64", "w_ptr": f"*{dt}",
-                                               "out_ptr": f"*{dt}", "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256})]
-    raise BackendError(f"triton: no kernel for node '{node.name}' (op {node.op})")
-
-
-def backward_kernels_of(node, values, dt, arch, tuning, tokens, fuse_swiglu) -> list[dict]:
-    """The kernels .autograd launches in the backward of this node (the router's backward is torch)."""
-    n, out = [node.name], []
-    if node.op == "grouped_matmul":
-        E, N, K = values[node.inputs[1]].type.shape
-        cfg, _ = tuning.get(arch, values[node.inputs[0]].type.dtype.value, N, K, tokens)
-        precision = "tf32x3" if dt == "fp32" and arch.startswith("sm") else "ieee"
-        sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "offsets_ptr": "*i64", "N": "i32",
-               "K": "i32"}
-        ce = {"E": E, "PRECISION": precision, "BLOCK_E": pow2(E), **dx_tiles(cfg)}
-        out.append(instance("grouped_gemm_dx_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages))
-        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "offsets_ptr": "*i64", "N": "i32",
-               "K": "i32"}
-        ce = {"PRECISION": precision, **dw_tiles(cfg)}
-        out.append(instance("grouped_gemm_dw_kernel", n, sig, ce, cfg.to_dict(), cfg.num_warps, cfg.num_stages))
-        if fuse_swiglu:   # the backward recomputes gate_up with the plain GEMM, then the SwiGLU derivative
-            out += [dict(i, constexprs={**i["constexprs"], "SWIGLU": False})
-                    for i in kernels_of(node, values, dt, arch, tuning, tokens, True)]
-            out.append(instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
-                                                         "F": "i32"}, {"BLOCK_F": 256}))
-    elif node.op == "swiglu":
-        out.append(instance("swiglu_bwd_kernel", n, {"gu_ptr": f"*{dt}", "dh_ptr": f"*{dt}", "dgu_ptr": f"*{dt}",
-                                                     "F": "i32"}, {"BLOCK_F": 256}))
-    elif node.op == "combine":
-        K = values[node.inputs[2]].type.shape[-1]
-        sig = {"y_ptr": f"*{dt}", "order_ptr": "*i64", "w_ptr": f"*{dt}", "dout_ptr": f"*{dt}", "dy_ptr": f"*{dt}",
-               "dw_ptr": f"*{dt}", "H": "i32"}
-        out.append(instance("combine_bwd_kernel", n, sig, {"TOP_K": K, "BLOCK_H": 256}))
-    elif node.op == "dispatch":
-        K = values[node.inputs[1]].type.shape[-1]
-        out.append(instance("dispatch_bwd_kernel", n, {"drows_ptr": f"*{dt}", "inverse_ptr": "*i64",
-                                                       "dx_ptr": f"*{dt}", "H": "i32"}, {"TOP_K": K, "BLOCK_H": 256}))
-    for inst in out:
-        inst["pass"] = "backward"
-    return out
+            recorder.phase, env = "training", meta_env(graph, tokens, True)
+            exe.execute(env, grads=True, only=frozenset(OPS))
+            outs = [env[v.name] for n in graph.nodes if n.op in OPS for v in n.outputs if env[v.name].grad_fn]
+            recorder.phase = "backward"
+            launch.attribute([n.name for n in graph.nodes if n.op in OPS])
+            torch.autograd.backward([t.float().sum() for t in outs])
+    finally:
+        launch.RECORDING.remove(recorder)
+    return [{**inst, "tile_config": {k.removeprefix("BLOCK_").lower(): v for k, v in inst["constexprs"].items()
+                                     if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} or None}
+            for inst in recorder.launches.values()]
 
 
 def cache_key(inst: dict, target: str, stages: tuple[str, ...]) -> str:
@@ -187,10 +115,9 @@ def count_matrix_instructions(text: str, target: str) -> int:
 def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: list[dict]) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_root = options.cache_path() / "lower"
-    tuning = TuningCache(options.cache_path())
-    asm_stage, bin_stage = binary_stages(target)
+    asm_stage = binary_stages(target)[0]
     entries, hits = [], 0
-    for i, inst in enumerate(node_instances(graph, target, tuning, options.tokens, options.backward)):
+    for i, inst in enumerate(node_instances(graph, target, options.cache_path(), options.tokens, options.backward)):
         entry = store(cache_root).fetch(cache_key(inst, target, options.stages),
                                         functools.partial(compile_instance, inst, target, options.stages))
         meta, hit = entry.meta, entry.hit
@@ -215,7 +142,7 @@ def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: 
 def summary(manifest: dict) -> str:
     """One line: target, kernels, artifact bytes, matrix instructions in the grouped GEMMs, cache hits."""
     total = sum(k.get("bytes", 0) for k in manifest["kernels"])
-    gemm = [k for k in manifest["kernels"] if k["kernel"] == "grouped_gemm_kernel"]
+    gemm = [k for k in manifest["kernels"] if k["kernel"] == "moe_gemm_kernel"]
     instr = {}
     for k in gemm:
         for name, count in k["matrix_instructions"].items():

@@ -1,13 +1,16 @@
-"""Tile configurations for the grouped GEMM, keyed by (device arch, dtype, shape bucket, Triton version).
+"""Tile configurations of the grouped GEMM, one per launched variant ("plain", "swiglu", "swiglu+gather":
+a fused epilogue needs twice the weight tiles, so it is tuned and sized on its own), device arch, dtype,
+N, K and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds).
 
-Lookup order: the on-disk cache of autotuned results (cache_dir/tuned.json), then the defaults shipped
-in tuned/defaults.json (per arch family), then a generic default. Anything but a tuned hit is reported
-as an "untuned default" note, never silently."""
+Lookup: autotuned results (cache_dir/tuned.json), then the tile table shipped in tuned/defaults.json (per
+arch family and bucket), shrunk until it fits the device's shared memory and registers; anything but a
+tuned hit comes with a note. Autotune drops configs over the device's limits before timing them and stores
+only a config that ran."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import triton
@@ -15,6 +18,7 @@ import triton
 from ..cache import read_json, warn, write_json
 
 DEFAULTS_FILE = Path(__file__).parent / "tuned" / "defaults.json"
+BUCKETS = (16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -32,16 +36,60 @@ class GemmConfig:
 CPU_CONFIG = GemmConfig(16, 16, 16, 1, 1)   # the interpreter: small tiles keep numpy work low
 
 
-def bucket(rows: int) -> str:
-    """Token-count bucket: powers of two from 16 to 16384."""
-    b = 16
-    while b < rows and b < 16384:
-        b *= 2
-    return str(b)
+@dataclass(frozen=True)
+class Limits:
+    """What one program may use on a device: shared memory per block (bytes), registers per thread."""
+
+    shared_memory: int
+    registers: int = 255
+    warp_size: int = 32
 
 
-def key(arch: str, dtype: str, n: int, k: int, rows: int) -> str:
-    return f"{arch}|{dtype}|n{n}|k{k}|m{bucket(rows)}|triton{triton.__version__}"
+# Shared memory per block (opt-in maximum) by arch family, when torch cannot say: H100/H200 232,448 B.
+SHARED_MEMORY = {"sm_90": 232448, "sm_10": 232448, "sm_80": 166912, "sm_86": 101376, "sm_89": 101376,
+                 "gfx9": 65536, "gfx11": 65536}
+
+
+def limits_for(arch: str, torch_device: str | None = None) -> Limits:
+    shared = next((v for k, v in SHARED_MEMORY.items() if arch.startswith(k)), 49152)
+    import torch
+
+    if torch_device and torch_device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch_device)
+        shared = getattr(props, "shared_memory_per_block_optin", shared) or shared
+    return Limits(shared, 512, 64) if arch.startswith("gfx9") else Limits(shared)
+
+
+def variant(swiglu: bool, gather: bool = False) -> str:
+    return ("swiglu" if swiglu else "plain") + ("+gather" if gather else "")
+
+
+def shared_bytes(cfg: GemmConfig, variant: str, elem: int) -> int:
+    """Pipelined tiles: each stage holds an M x K tile of the input and one (two with swiglu) N x K weight tiles."""
+    weights = 2 if variant.startswith("swiglu") else 1
+    return cfg.num_stages * (cfg.block_m * cfg.block_k + weights * cfg.block_n * cfg.block_k) * elem
+
+
+def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
+    accumulators = cfg.block_m * cfg.block_n * (2 if variant.startswith("swiglu") else 1)
+    per_thread = accumulators / (limits.warp_size * cfg.num_warps)
+    return shared_bytes(cfg, variant, elem) <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
+
+
+def shrink(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> GemmConfig:
+    """The config with fewer stages, then narrower N tiles, until it fits the device."""
+    while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
+        cfg = replace(cfg, num_stages=cfg.num_stages - 1) if cfg.num_stages > 2 else replace(
+            cfg, block_n=cfg.block_n // 2)
+    return cfg
+
+
+def bucket(rows_per_expert: int) -> str:
+    return next((str(b) for b in BUCKETS if rows_per_expert <= b), "large")
+
+
+def key(arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int) -> str:
+    return f"{arch}|{variant}|{dtype}|n{n}|k{k}|m{bucket(rows_per_expert)}|triton{triton.__version__}"
 
 
 class TuningCache:
@@ -53,24 +101,27 @@ class TuningCache:
         if self.path:
             self.entries = read_json(self.path, "triton tuned configs")
 
-    def get(self, arch, dtype, n, k, rows) -> tuple[GemmConfig, str | None]:
+    def get(self, arch, variant, dtype, n, k, rows_per_expert, limits: Limits | None = None,
+            elem: int = 2) -> tuple[GemmConfig, str | None]:
         """The config and, when it is not a tuned result, a note saying which default is used."""
         if arch == "cpu":
             return CPU_CONFIG, None
-        hit = self.entries.get(key(arch, dtype, n, k, rows))
+        hit = self.entries.get(key(arch, variant, dtype, n, k, rows_per_expert))
         if isinstance(hit, dict):
             try:
                 return GemmConfig(**hit), None
             except TypeError:
                 pass                      # a malformed entry: the default below
-        defaults = json.loads(DEFAULTS_FILE.read_text())
-        family = defaults.get(arch) or defaults.get(arch[:5]) or defaults["generic"]
-        cfg = GemmConfig(**family.get(dtype, family["any"]))
-        return cfg, (f"untuned default tile config {cfg.to_dict()} for {arch}/{dtype}/n{n}/k{k}/m{bucket(rows)}: "
-                     "run autotune() on this device to tune it")
+        tables = json.loads(DEFAULTS_FILE.read_text())
+        family = next((tables[f] for f in (arch, arch[:5], arch[:4]) if f in tables), tables["generic"])
+        table = family.get(dtype, family["any"])
+        cfg = GemmConfig(**table.get(bucket(rows_per_expert), table["large"]))
+        cfg = shrink(cfg, variant, elem, limits or limits_for(arch))
+        return cfg, (f"untuned default tile config {cfg.to_dict()} for {arch}/{variant}/{dtype}/n{n}/k{k}/"
+                     f"m{bucket(rows_per_expert)}: run autotune() on this device to tune it")
 
-    def put(self, arch, dtype, n, k, rows, cfg: GemmConfig):
-        self.entries[key(arch, dtype, n, k, rows)] = cfg.to_dict()
+    def put(self, arch, variant, dtype, n, k, rows_per_expert, cfg: GemmConfig):
+        self.entries[key(arch, variant, dtype, n, k, rows_per_expert)] = cfg.to_dict()
         if self.path:
             try:
                 write_json(self.path, self.entries)
@@ -78,21 +129,28 @@ class TuningCache:
                 warn(f"triton tuned configs not saved to {self.path} ({e.strerror or e})")
 
 
-CANDIDATES = (GemmConfig(64, 64, 32, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3),
-              GemmConfig(64, 128, 64, 4, 4), GemmConfig(128, 64, 64, 4, 4), GemmConfig(32, 64, 64, 4, 2))
+CANDIDATES = tuple(GemmConfig(*c) for c in (
+    (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+    (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3)))
 
 
-def autotune(cache: TuningCache, arch: str, run, dtype: str, n: int, k: int, rows: int) -> GemmConfig:
-    """Times run(cfg) (a GPU launch) for each candidate with triton.testing.do_bench; stores the fastest."""
-    from triton.testing import do_bench
+def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int, run,
+             limits: Limits, elem: int = 2, timer=None) -> GemmConfig | None:
+    """Times run(cfg) (the very launch that will run) for each candidate that fits the device; stores the
+    fastest that ran. None, and nothing stored, when none ran."""
+    if timer is None:
+        from triton.testing import do_bench
 
+        def timer(fn):
+            return do_bench(fn, warmup=5, rep=20)
     timings = {}
-    for cfg in CANDIDATES:
+    for cfg in (c for c in CANDIDATES if fits(c, variant, elem, limits)):
         try:
-            timings[cfg] = do_bench(lambda c=cfg: run(c), warmup=5, rep=20)
-        except Exception as err:   # out of shared memory on this card: that config is not a candidate
-            timings[cfg] = float("inf")
+            timings[cfg] = timer(lambda c=cfg: run(c))
+        except Exception as err:  # noqa: BLE001 - a config that fails to compile or launch is not a candidate
             print(f"autotune: {cfg} failed: {type(err).__name__}")
+    if not timings:
+        return None
     best = min(timings, key=timings.get)
-    cache.put(arch, dtype, n, k, rows, best)
+    cache.put(arch, variant, dtype, n, k, rows_per_expert, best)
     return best

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ... import knobs
 from ...ir import DType, Graph
-from ..base import Backend, BackendError, BackendOptions, Executable, Support
+from ..base import Backend, BackendError, BackendOptions, Executable, Support, import_failure
 from ..devices import Device
 
 CPU_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "add", "mul", "silu",
@@ -60,6 +60,8 @@ class TVMBackend(Backend):
         return [Device("opencl", 0, vendor, name, "pocl" if vendor == "pocl" else "opencl", int(memory), platform)]
 
     def availability(self, device: Device) -> str | None:
+        if import_failure("tvm"):
+            return import_failure("tvm")
         if device.kind == "cpu":
             return None
         if device.kind == "opencl":
@@ -106,6 +108,8 @@ class TVMBackend(Backend):
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
         self.check_target(target)
+        if import_failure("tvm"):
+            raise BackendError(import_failure("tvm"))
         from .codegen import lower_graph
 
         opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)

@@ -38,8 +38,7 @@ def resolve_device(device: str | Device | None) -> Device:
     torch_devices = devs.discover()
     if spec is None:
         return torch_devices[0]
-    kinds = {d.kind for d in torch_devices}
-    if spec.split(":")[0] in kinds:
+    if any(d.kind == devs.normalize(spec).split(":")[0] for d in torch_devices):
         return devs.find(spec, torch_devices)
     return devs.find(spec, all_devices())
 

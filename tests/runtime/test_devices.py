@@ -43,3 +43,61 @@ def test_this_machine_has_a_cpu_and_a_missing_device_is_named():
     assert found[-1].kind == "cpu" and found[-1].memory_bytes > 0
     with pytest.raises(devs.DeviceError, match="no device 'cuda:3'.*found: .*cpu"):
         devs.find("cuda:3", found)
+
+
+@pytest.mark.parametrize("given,want", [
+    ("cuda", "cuda:0"), ("CUDA", "cuda:0"), ("cuda:1", "cuda:1"), ("rocm", "rocm:0"), ("opencl", "opencl:0"),
+    ("cpu", "cpu"), ("cpu:0", "cpu"), (" cpu ", "cpu"), ("cpu@amd", "cpu@amd"), ("cuda@nvidia", "cuda:0@nvidia")])
+def test_a_kind_alone_means_index_zero(given, want):
+    assert devs.normalize(given) == want
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "cuda:-1", "", "cpu@", "cuda:"])
+def test_malformed_device_names_are_refused_by_name(bad):
+    with pytest.raises(devs.DeviceError, match="is not a device name"):
+        devs.normalize(bad)
+
+
+def fake_machine(monkeypatch, *props):
+    """discover() as on a machine with these GPUs (recorded property sets) and a CPU."""
+    gpus = [devs.gpu_from_props(p, i, hip_version="6.3" if "gcnArchName" in p else None, cuda_version="13.0")
+            for i, p in enumerate(props)]
+    monkeypatch.setattr(devs, "discover", lambda: [*gpus, devs.cpu_device()])
+    return gpus
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "CUDA:0"])
+def test_every_entry_point_resolves_cuda_as_cuda0(monkeypatch, spec):
+    from portable_moe.runtime import resolve_device
+
+    h100, _ = fake_machine(monkeypatch, H100, H100)
+    assert resolve_device(spec) == h100
+    monkeypatch.setenv("PORTABLE_MOE_DEVICE", spec)
+    assert resolve_device(None) == h100
+
+
+def test_torch_habit_of_calling_amd_gpus_cuda_is_understood(monkeypatch):
+    from portable_moe.runtime import resolve_device
+
+    mi300, = fake_machine(monkeypatch, MI300X)
+    assert resolve_device("cuda") == mi300 and resolve_device("rocm:0") == mi300
+    with pytest.raises(devs.DeviceError, match="no device 'cuda:1'.*found: rocm:0, cpu"):
+        resolve_device("cuda:1")
+
+
+def test_compile_and_patch_hf_take_any_spelling_of_a_device():
+    import torch
+
+    import portable_moe
+    from portable_moe.models import build_moe_layer, init_params, preset
+
+    graph = build_moe_layer(preset("debug"))
+    model = portable_moe.compile(graph, init_params(graph, seed=0), device="CPU:0", backend="reference")
+    assert model.selection.device.id == "cpu"
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2, vocab_size=32)
+    hf = transformers.MixtralForCausalLM(cfg)
+    assert portable_moe.patch_hf(hf, backend="reference", device="cpu:0")
+    with torch.no_grad():
+        assert hf(torch.zeros(1, 3, dtype=torch.long)).logits.shape == (1, 3, 32)

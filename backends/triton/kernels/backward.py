@@ -5,8 +5,7 @@ swiglu_bwd_kernel: from gate_up = [g, u] and dh, d[g, u] = [dh * u * silu'(g), d
   silu'(g) = s * (1 + g * (1 - s)), s = sigmoid(g).
 combine_bwd_kernel: for row r holding pair p = order[r] (token p // K): dy[r] = w[p] * dout[p // K] and
   dw[p] = <y[r], dout[p // K]>.
-dispatch_bwd_kernel: rows[r] = x[order[r] // K], so dx[t] = sum over k of drows[inverse[t*K + k]]: a
-  gather-sum, deterministic (no atomics)."""
+The dispatch backward, dx[t] = sum over k of drows[inverse[t*K + k]], is combine with unit weights."""
 
 import triton
 import triton.language as tl
@@ -44,15 +43,3 @@ def combine_bwd_kernel(y_ptr, order_ptr, w_ptr, dout_ptr, dy_ptr, dw_ptr, H, TOP
         tl.store(dy_ptr + r * H + h, (g_H * w).to(dy_ptr.dtype.element_ty), mask=h_ok)
         dot_H += g_H * y_H
     tl.store(dw_ptr + p, tl.sum(dot_H, axis=0).to(dw_ptr.dtype.element_ty))
-
-
-@triton.jit
-def dispatch_bwd_kernel(drows_ptr, inverse_ptr, dx_ptr, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    h_ok = h < H
-    acc_H = tl.full([BLOCK_H], 0, dtype=tl.float32)
-    for k in tl.static_range(TOP_K):
-        r = tl.load(inverse_ptr + t * TOP_K + k)
-        acc_H += tl.load(drows_ptr + r * H + h, mask=h_ok, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + t * H + h, acc_H.to(dx_ptr.dtype.element_ty), mask=h_ok)

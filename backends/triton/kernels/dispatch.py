@@ -2,7 +2,10 @@
 
 dispatch_kernel (one program): counts per expert, exclusive prefix sum (offsets), and the stable
 permutation: the pair p = t*K + k goes to row offsets[e] + (pairs before p with expert e).
-gather_kernel: rows[r] = x[order[r] // K]. inverse_kernel: inverse[order[r]] = r (for combine)."""
+gather_kernel: rows[r] = x[order[r] // K]. inverse_kernel: inverse[order[r]] = r (for combine).
+bucket_kernel and align_kernel lay rows out for the MoE GEMM (see ..launch.moe_align): counts per expert,
+each expert's slots padded to BLOCK_M, one expert id per M-block, each row in a slot of its expert. The
+order of rows inside an expert's slots is arbitrary (atomics); results do not depend on it."""
 
 import triton
 import triton.language as tl
@@ -44,3 +47,28 @@ def inverse_kernel(order_ptr, inverse_ptr, R, BLOCK_R: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     p = tl.load(order_ptr + r, mask=r < R, other=0)
     tl.store(inverse_ptr + p, r.to(tl.int64), mask=r < R)
+
+
+@triton.jit
+def bucket_kernel(experts_ptr, cursor_ptr, slots_ptr, R, PLACE: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Counts rows per expert into cursor (PLACE=False), or puts each row in its expert's next slot."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    expert = tl.load(experts_ptr + r, mask=r < R, other=0)
+    slot = tl.atomic_add(cursor_ptr + expert, 1, mask=r < R)
+    if PLACE:
+        tl.store(slots_ptr + slot, r, mask=r < R)
+
+
+@triton.jit
+def align_kernel(counts_ptr, cursor_ptr, block_expert_ptr, NUM_BLOCKS, E: tl.constexpr, BLOCK_E: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Each expert's first slot (into cursor) and the expert of every M-block (-1 past the last)."""
+    e = tl.arange(0, BLOCK_E)
+    blocks_E = (tl.load(counts_ptr + e, mask=e < E, other=0) + BLOCK_M - 1) // BLOCK_M
+    ends_E = tl.cumsum(blocks_E, axis=0)
+    tl.store(cursor_ptr + e, (ends_E - blocks_E) * BLOCK_M, mask=e < E)
+    total = tl.sum(blocks_E, axis=0)
+    for b0 in range(0, NUM_BLOCKS, BLOCK_B):
+        b = b0 + tl.arange(0, BLOCK_B)
+        expert = tl.sum(tl.where(ends_E[None, :] <= b[:, None], 1, 0), axis=1)
+        tl.store(block_expert_ptr + b, tl.where(b < total, expert, -1), mask=b < NUM_BLOCKS)

@@ -1,37 +1,12 @@
 """Backward of the grouped GEMM y[seg e] = x[seg e] @ w[e]^T, fp32 accumulation (ScatterMoE style).
 
 Legend: R rows (sorted by expert), E experts, N out features of the forward, K in features.
-grouped_gemm_dx_kernel: dx[seg e] = dy[seg e] @ w[e] (a grouped GEMM with the transposed weight), its
-  M-tiles numbered over the segments exactly like the forward's (no host sync).
+dx[seg e] = dy[seg e] @ w[e] is the forward's MoE GEMM over the transposed weights (..launch_bwd).
 grouped_gemm_dw_kernel: dw[e] = dy[seg e]^T @ x[seg e] (a grouped "X^T.Y"), one program per
   (expert, N-tile, K-tile) looping over the rows of its segment; an expert with no rows gets zeros."""
 
 import triton
 import triton.language as tl
-
-from .grouped_gemm import segment_tile
-
-
-@triton.jit
-def grouped_gemm_dx_kernel(dy_ptr, w_ptr, dx_ptr, offsets_ptr, N, K, E: tl.constexpr, PRECISION: tl.constexpr,
-                           BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
-    pid_k = tl.program_id(1)
-    valid, expert, rm, m_ok = segment_tile(offsets_ptr, tl.program_id(0), E, BLOCK_E, BLOCK_M)
-    if valid:
-        rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        w_e = w_ptr + expert.to(tl.int64) * N * K
-        acc = tl.full([BLOCK_M, BLOCK_K], 0, dtype=tl.float32)
-        for n0 in range(0, N, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            n_ok = rn < N
-            a = tl.load(dy_ptr + rm[:, None].to(tl.int64) * N + rn[None, :], mask=m_ok[:, None] & n_ok[None, :],
-                        other=0.0)
-            b = tl.load(w_e + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        tl.store(dx_ptr + rm[:, None].to(tl.int64) * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & k_ok[None, :])
 
 
 @triton.jit

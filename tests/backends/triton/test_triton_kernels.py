@@ -97,13 +97,34 @@ def test_grouped_matmul_over_uneven_segments(dtype, swiglu):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_grouped_matmul_scale_epilogue(dtype):
-    x, w = torch.randn(7, 16).to(dtype), torch.randn(2, 8, 16).to(dtype)
-    offsets, order = torch.tensor([0, 3, 7]), torch.randperm(7)
-    scale = torch.rand(7).to(dtype)
-    y = launch.grouped_matmul(x, w, offsets, CPU_CONFIG, scale=scale, order=order)
-    expect = ref.grouped_matmul(x.double(), w.double(), offsets) * scale.double()[order][:, None]
-    close(y, expect, dtype)
+@pytest.mark.parametrize("H", [32, 20])          # fp16 rows of 20: not 16-byte aligned, no descriptor
+def test_fused_moe_ffn_matches_the_op_by_op_chain(dtype, H):
+    """Gather in the gate_up GEMM, routing weight in the down GEMM's epilogue, combine as a sum; experts 1 and 5
+    get no pair."""
+    g = torch.Generator().manual_seed(4)
+    T, K, F, E = 9, 3, 24, 6
+    x = torch.randn(T, H, generator=g).to(dtype)
+    idx = torch.tensor([0, 2, 3, 4][:K] * T).reshape(T, K).roll(1) % 5
+    idx[idx == 1] = 0
+    weights = torch.rand(T, K, generator=g).to(dtype)
+    gate_up = (torch.randn(E, 2 * F, H, generator=g) / H ** 0.5).to(dtype)
+    down = (torch.randn(E, H, F, generator=g) / F ** 0.5).to(dtype)
+    assert launch.use_tma(gate_up, CPU_CONFIG) == (H * x.element_size() % 16 == 0)
+    out = launch.moe_ffn(x, idx, weights, gate_up, down, CPU_CONFIG, CPU_CONFIG)
+    rows, offsets, order = ref.dispatch(x.double(), idx, num_experts=E)
+    h = ref.swiglu(ref.grouped_matmul(rows, gate_up.double(), offsets))
+    close(out, ref.combine(ref.grouped_matmul(h, down.double(), offsets), order, weights.double()), dtype)
+
+
+def test_moe_align_pads_each_expert_to_the_block_without_a_host_sync():
+    experts = torch.tensor([3, 0, 3, 3, 1, 0, 3])
+    slots, block_expert = launch.moe_align(experts, 5, 2)
+    R = experts.numel()
+    assert block_expert.tolist()[:5] == [0, 1, 3, 3, -1][:5] and (block_expert[4:] == -1).all()
+    for b, e in enumerate(block_expert.tolist()):
+        got = [r for r in slots[2 * b:2 * b + 2].tolist() if r < R]
+        assert all(experts[r] == e for r in got) and (e == -1) == (not got)
+    assert sorted(r for r in slots.tolist() if r < R) == list(range(R))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -126,12 +147,16 @@ def moe_graph(name, dtype):
 def test_moe_layer_matches_float64_reference(name, dtype):
     g, params = moe_graph(name, dtype)
     exe = TritonBackend().compile(g, cpu_device(), TritonBackend.Options())
-    assert "grouped_matmul" in {n.op for n in g.nodes} and exe.fused, "gate_up + swiglu should be fused"
+    assert exe.fused and exe.chains, "gate_up + swiglu fused; the MoE chain runs as one fused FFN"
     x = torch.randn(13, g.inputs[0].type.shape[1]).to(getattr(torch, dtype))
-    out = exe.run({"x": x}, params)[0]
     expect = run_graph(g, {"x": x.double()}, {k: v.double() for k, v in params.items()})[0]
+    out = exe.run({"x": x}, params)[0]
     assert out.dtype == x.dtype and out.shape == x.shape
     close(out, expect, getattr(torch, dtype))
+    with torch.enable_grad():          # wanting gradients runs op by op through the autograd Functions
+        out = exe.run({"x": x.requires_grad_()}, params)[0]
+    assert out.grad_fn is not None
+    close(out.detach(), expect, getattr(torch, dtype))
 
 
 def test_bfloat16_is_declined_on_cpu_with_the_reason():
@@ -156,6 +181,7 @@ def test_bad_expert_indices_are_refused_before_launch():
     g, params = moe_graph("debug", "float32")
     exe = TritonBackend().compile(g, cpu_device(), TritonBackend.Options())
     node = next(n for n in g.nodes if n.op == "dispatch")
+    exe.outside |= {node.inputs[1], next(n for n in g.nodes if n.op == "grouped_matmul").inputs[2]}   # as if fed in
     with pytest.raises(IRError, match="out of range"):
         exe.run_node(node, [torch.zeros(2, 64), torch.tensor([[0, 9], [1, 2]])], {})
     gemm = next(n for n in g.nodes if n.op == "grouped_matmul")
@@ -172,13 +198,15 @@ def test_router_nan_ranks_first_like_the_reference():
     assert torch.equal(idx, ri) and idx.max() < 8
 
 
-def test_tuned_configs_are_cached_per_arch_and_untuned_defaults_are_reported(tmp_path):
+def test_tuned_configs_are_cached_per_variant_and_untuned_defaults_are_reported(tmp_path):
     from portable_moe.backends.triton.tuning import GemmConfig, TuningCache
 
     cache = TuningCache(tmp_path)
-    cfg, note = cache.get("sm_90", "bfloat16", 4096, 7168, 3000)
+    cfg, note = cache.get("sm_90", "plain", "bfloat16", 4096, 7168, 3000)
     assert "untuned default" in note and cfg.block_m == 128
-    cache.put("sm_90", "bfloat16", 4096, 7168, 3000, GemmConfig(64, 256, 64, 8, 4))
-    again, note = TuningCache(tmp_path).get("sm_90", "bfloat16", 4096, 7168, 2500)   # same bucket, from disk
+    cache.put("sm_90", "plain", "bfloat16", 4096, 7168, 3000, GemmConfig(64, 256, 64, 8, 4))
+    again, note = TuningCache(tmp_path).get("sm_90", "plain", "bfloat16", 4096, 7168, 2500)   # same bucket, from disk
     assert note is None and again == GemmConfig(64, 256, 64, 8, 4)
-    assert TuningCache(tmp_path).get("gfx942", "bfloat16", 4096, 7168, 3000)[1] is not None
+    assert TuningCache(tmp_path).get("sm_90", "swiglu", "bfloat16", 4096, 7168, 3000)[1] is not None   # own key
+    assert TuningCache(tmp_path).get("gfx942", "plain", "bfloat16", 4096, 7168, 3000)[1] is not None
+    assert cache.get("sm_90", "plain", "bfloat16", 4096, 7168, 1)[0].block_m == 16       # decode: small M tiles

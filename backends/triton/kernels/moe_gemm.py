@@ -1,0 +1,67 @@
+"""The grouped GEMM of the MoE layer (vLLM-style fused MoE): y[row] = a[row // A_DIV] @ w[e]^T for the rows
+of each expert e, fp32 accumulation.
+
+Legend: R rows or (token, k) pairs, E experts, N out features, K in features, F = N/2 (SwiGLU).
+moe_align (..launch) lays each expert's rows out in slots padded to BLOCK_M, so an M-block belongs to one
+expert (block_expert[m], -1 past the last block): computed on the device, no host sync. A_DIV = top_k
+gathers each pair's token row straight from x (no copied rows); A_DIV = 1 reads rows as they are.
+Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T) with Wg = w[e, :F], Wu = w[e, F:], rounding like
+grouped_matmul then swiglu; SCALE multiplies row r by scale[r] (the routing weight: combine becomes a sum).
+W_TMA: the weights come through a tensor descriptor (TMA, cp.async.bulk.tensor on sm_90 with wgmma);
+otherwise through pointers (any GPU, the interpreter). Programs are ordered GROUP_M M-blocks at a time so
+the input rows of a group stay in L2 across the N tiles."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def weight_tile(w, row0, k0, K, n_ok, W_TMA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """w[row0 : row0 + BLOCK_N, k0 : k0 + BLOCK_K]^T of the [E * N, K] weights, zeros outside."""
+    if W_TMA:
+        tile = w.load([row0.to(tl.int32), k0]).T
+    else:
+        rn = row0 + tl.arange(0, BLOCK_N)
+        rk = k0 + tl.arange(0, BLOCK_K)
+        tile = tl.load(w + rn[None, :] * K + rk[:, None], mask=n_ok[None, :] & (rk < K)[:, None], other=0.0)
+    return tile
+
+
+@triton.jit
+def moe_gemm_kernel(a_ptr, w, y_ptr, slots_ptr, block_expert_ptr, scale_ptr, ROWS, N_OUT, K,
+                    A_DIV: tl.constexpr, SWIGLU: tl.constexpr, SCALE: tl.constexpr, W_TMA: tl.constexpr,
+                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr):
+    num_n = tl.cdiv(N_OUT, BLOCK_N)
+    pid, num_m = tl.program_id(0), tl.num_programs(0) // num_n
+    first_m = pid // (GROUP_M * num_n) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert >= 0:
+        rows = tl.load(slots_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+        m_ok = rows < ROWS
+        a_rows = (rows // A_DIV).to(tl.int64)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = rn < N_OUT
+        w_row = expert.to(tl.int64) * (N_OUT * 2 if SWIGLU else N_OUT) + pid_n * BLOCK_N
+        acc = tl.full([BLOCK_M, BLOCK_N], 0, dtype=tl.float32)
+        acc_up = tl.full([BLOCK_M, BLOCK_N], 0, dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptr + a_rows[:, None] * K + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
+            b = weight_tile(w, w_row, k0, K, n_ok, W_TMA, BLOCK_N, BLOCK_K)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            if SWIGLU:
+                b_up = weight_tile(w, w_row + N_OUT, k0, K, n_ok, W_TMA, BLOCK_N, BLOCK_K)
+                acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+        dt = y_ptr.dtype.element_ty
+        if SWIGLU:
+            g32 = acc.to(dt).to(tl.float32)
+            act = (g32 * (1.0 / (1.0 + tl.exp(-g32)))).to(dt)
+            acc = act.to(tl.float32) * acc_up.to(dt).to(tl.float32)
+        if SCALE:
+            acc = acc.to(dt).to(tl.float32) * tl.load(scale_ptr + rows, mask=m_ok, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_ptr + rows[:, None].to(tl.int64) * N_OUT + rn[None, :], acc.to(dt),
+                 mask=m_ok[:, None] & n_ok[None, :])
