@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
+from ..backends.devices import DeviceError, normalize
 from ..ir import PortableMoeError
 
 
@@ -14,16 +15,6 @@ class TrainError(PortableMoeError):
 
 PLACEMENTS = ("even", "balanced", "islands")
 ROUTINGS = ("island", "global")
-
-
-def device_id(name: str) -> str:
-    """'cuda' means 'cuda:0' (as in torch), 'cpu:0' means 'cpu': one spelling per device, so a rank's
-    device string names the same device everywhere (config, checkpoint meta, device lookup). An island
-    label stays as written: 'CPU@amd' -> 'cpu@amd'."""
-    device, at, label = name.strip().partition("@")
-    kind, _, index = device.lower().partition(":")
-    spelled = "cpu" if kind == "cpu" and index in ("", "0") else f"{kind}:{index or 0}"
-    return f"{spelled}{at}{label}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +51,10 @@ class TrainConfig:
     dump: str = ""                      # tests: each rank writes its step-0 gradients here (safetensors)
 
     def __post_init__(self):
-        object.__setattr__(self, "devices", tuple(device_id(d) for d in self.devices))
+        try:        # one spelling per device ('cuda' is 'cuda:0'), island labels kept: config, checkpoints, lookup
+            object.__setattr__(self, "devices", tuple(normalize(d) for d in self.devices))
+        except DeviceError as e:
+            raise TrainError(f"--devices: {e}") from None
         n = len(self.devices)
         if n < 1:
             raise TrainError("devices is empty; give one device per rank, e.g. cpu,cpu")
