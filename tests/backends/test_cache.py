@@ -169,6 +169,6 @@ def test_tuned_configs_survive_an_unwritable_cache(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     tuned = TuningCache(blocker / "triton")
-    tuned.put("sm_90", "bfloat16", 4096, 7168, 3000, GemmConfig(64, 256, 64, 8, 4))
-    assert tuned.get("sm_90", "bfloat16", 4096, 7168, 3000) == (GemmConfig(64, 256, 64, 8, 4), None)
+    tuned.put("sm_90", "swiglu", "bfloat16", 4096, 7168, 3000, GemmConfig(64, 256, 64, 8, 4))
+    assert tuned.get("sm_90", "swiglu", "bfloat16", 4096, 7168, 3000) == (GemmConfig(64, 256, 64, 8, 4), None)
     assert "not saved" in capsys.readouterr().err
