@@ -117,10 +117,10 @@ def cpu_model(r: dict, flops: float, bw: float, alpha: float):
     devices = tuple(balance.ClusterDevice(d.name, f"island{d.node}", d.model, d.node, thr, d.memory_bytes)
                     for d in cluster.devices)
     bridge = bw if not cfg.bridge_gbps else 1 / (1 / bw + 1 / (cfg.bridge_gbps * 1e9))
-    links = sm.Links(same_node=bw / 1e9, other_node=bw / 1e9, other_vendor=bridge / 1e9, latency_s=alpha)
+    links = balance.Links(same_node=bw / 1e9, other_node=bw / 1e9, other_vendor=bridge / 1e9)
     work = sm.workload_of(m, cfg.batch * cfg.seq, cfg.seq, act_bytes=4, dispatch_bytes=4, grad_bytes=4)
     placement = pl.initial(cfg, L, E, expert_bytes)
-    return sm.predict(balance.Cluster(devices), links, work, placement, cfg.routing)
+    return sm.predict(balance.Cluster(devices, links=links), work, placement, cfg.routing, latency_s=alpha)
 
 
 def calibrate(runs: list[dict]) -> dict[int, tuple[float, float, float]]:
@@ -270,7 +270,8 @@ def island_aware(loads, cluster, expert_bytes):
     each island's tokens sent home first (by_node)."""
     island = list(dict.fromkeys(d.vendor for d in cluster.devices))
     vendors = balance.Cluster(tuple(balance.ClusterDevice(d.name, d.vendor, d.model, island.index(d.vendor),
-                                                          d.throughput, d.memory_bytes) for d in cluster.devices))
+                                                          d.throughput, d.memory_bytes) for d in cluster.devices),
+                              cluster.links)
     try:
         return island_plan(loads, vendors, expert_bytes), "island"
     except Exception:  # noqa: BLE001
@@ -284,7 +285,6 @@ def project():
     print("| model | cluster | GPUs | placement | routing | step s (no overlap) | step s (overlap) | "
           "efficiency vs fluid bound (no overlap / overlap) | bridge GB/step | overlap, sharded bridge: s (eff.) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    links = sm.Links()
     for mname, (pname, dispatch) in MODELS.items():
         m = preset(pname)
         expert_bytes = 3 * m.hidden * m.expert_ffn * 2
@@ -300,8 +300,8 @@ def project():
                         print(f"{head} - | infeasible: {got} | | | | |")
                         continue
                     placement, routing = got
-                    pred = sm.predict(cluster, links, work, placement, routing, loads)
-                    wide = sm.predict(cluster, links, work, placement, routing, loads, sharded_bridge=True)
+                    pred = sm.predict(cluster, work, placement, routing, loads)
+                    wide = sm.predict(cluster, work, placement, routing, loads, sharded_bridge=True)
                     print(f"{head} {routing} | {pred.serial_s:.1f} | {pred.overlap_s:.1f} | "
                           f"{100 * bound / pred.serial_s:.0f}% / {100 * bound / pred.overlap_s:.0f}% | "
                           f"{pred.bridge_bytes / 1e9:.0f} | {wide.overlap_s:.1f} "

@@ -4,9 +4,9 @@ gradient all-reduce (inside islands, then between island leaders over the bridge
 overlap of communication and compute. Calibrated against measured CPU runs (benchmarks/) and used to
 project placements onto 16- and 64-GPU mixed clusters.
 
-Cluster: the balancer's cluster JSON, `throughput` read as achieved FLOP/s of the device (declare it so),
-plus the optional `"links"` object: GB/s per device and direction for `same_node`, `other_node` (same
-vendor) and `other_vendor` (the bridge). Islands are vendors (the cluster's `vendor` field).
+Cluster: the balancer's (`balance.load_cluster`), `throughput` read as achieved FLOP/s of the device
+(declare it so); its `links` give GB/s per device and direction for `same_node`, `other_node` (same vendor)
+and `other_vendor` (the bridge). Islands are vendors (the cluster's `vendor` field).
 
 Legend: L layers, E experts, W ranks (= devices), K top-k, H hidden, F expert FFN width."""
 
@@ -17,50 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import balance
+from ..balance.comm import link_times
 from ..models import MoEConfig
-from .config import TrainError
-from .islands import route_tables
+from .islands import ring_bytes, route_tables
 
-LINK_CLASSES = ("same_node", "other_node", "other_vendor")
 A2A_CALLS_PER_LAYER = 6    # counts, metadata, dispatch, combine; backward: combine and dispatch again
+LATENCY_S = 20e-6          # per collective call
 EXPERT_FLOPS = 18          # per routed pair and H*F: 2 * (2HF + HF) forward, x3 with backward
-
-
-@dataclass(frozen=True)
-class Links:
-    """GB/s per device and direction per link class, and seconds of latency per collective call."""
-
-    same_node: float = 400.0
-    other_node: float = 50.0
-    other_vendor: float = 3.0
-    latency_s: float = 20e-6
-
-    def bandwidth(self, cls: int) -> float:
-        return (self.same_node, self.other_node, self.other_vendor)[cls] * 1e9
-
-
-def links_from_json(obj: dict | None, latency_s: float = 20e-6) -> Links:
-    """The cluster file's optional "links" (branch balance owns the full parser; this reads the same keys)."""
-    obj = obj or {}
-    unknown = sorted(set(obj) - set(LINK_CLASSES))
-    if unknown:
-        raise TrainError(f"cluster links: unknown class {unknown[0]!r} (allowed: {', '.join(LINK_CLASSES)})")
-    for k, v in obj.items():
-        if not isinstance(v, (int, float)) or not v > 0:
-            raise TrainError(f"cluster links: {k!r} must be a positive number of GB/s, got {v!r}")
-    return Links(**{k: float(v) for k, v in obj.items()}, latency_s=latency_s)
-
-
-def load_cluster(path) -> tuple[balance.Cluster, Links]:
-    """A cluster file with its optional "links"; until the balancer's own reader takes "links" (branch
-    balance), the devices go to it and the links are read here."""
-    from ..balance.cluster import read_json
-
-    obj = read_json(path, "cluster")
-    if not isinstance(obj, dict):
-        raise TrainError(f"{path}: expected a JSON object with a 'devices' list")
-    rest = {k: v for k, v in obj.items() if k != "links"}
-    return balance.cluster_from_json(rest), links_from_json(obj.get("links"))
 
 
 @dataclass(frozen=True)
@@ -97,12 +60,6 @@ def workload_of(m: MoEConfig, tokens: int, seq: int, act_bytes: int = 2, dispatc
                     flops, tokens, act_bytes, dispatch_bytes, grad_bytes)
 
 
-def link_class(devices, a: int, b: int) -> int:
-    if devices[a].vendor != devices[b].vendor:
-        return 2
-    return 0 if devices[a].node == devices[b].node else 1
-
-
 @dataclass
 class StepPrediction:
     compute_s: np.ndarray        # [W]
@@ -120,65 +77,57 @@ class StepPrediction:
         return float(np.maximum(self.compute_s, self.all_to_all_s + self.all_reduce_s).max())
 
 
-def predict(cluster: balance.Cluster, links: Links, work: Workload, placement: balance.Placement,
-            routing: str = "global", loads: np.ndarray | None = None, sharded_bridge: bool = False) -> StepPrediction:
-    """The step time of `placement` on `cluster` (throughput = achieved FLOP/s) for `work`; `loads` [L, E]
-    are relative expert loads (uniform when None); routing 'island' follows the plan's by_node, whose nodes
-    are the vendor islands in order of first appearance. sharded_bridge: every rank carries 1/n of its
-    island's bridge traffic (reduce-scatter, bridge, all-gather: not what Comm does today, which sends it
-    all through the island leaders)."""
-    devs, W = cluster.devices, cluster.num_devices
+def predict(cluster: balance.Cluster, work: Workload, placement: balance.Placement, routing: str = "global",
+            loads: np.ndarray | None = None, sharded_bridge: bool = False, latency_s: float = LATENCY_S
+            ) -> StepPrediction:
+    """The step time of `placement` on `cluster` (throughput = achieved FLOP/s, bandwidth = cluster.links)
+    for `work`; `loads` [L, E] are relative expert loads (uniform when None); routing 'island' follows the
+    plan's by_node, whose nodes are the vendor islands in order of first appearance. sharded_bridge: every
+    rank carries 1/n of its island's bridge traffic (reduce-scatter, bridge, all-gather: not what Comm does
+    today, which sends it all through the island leaders). latency_s: seconds per collective call."""
+    W = cluster.num_devices
     L, E = placement.num_layers, placement.num_experts
     frac_LE = np.ones((L, E)) if loads is None else np.asarray(loads, float)
     frac_LE = frac_LE / frac_LE.sum(1, keepdims=True)
-    names = [d.vendor for d in devs]
-    node = np.array([list(dict.fromkeys(names)).index(v) for v in names])  # islands, numbered like by_node
+    island = cluster.island                     # numbered like by_node
     T_r = work.tokens / W
-    cls_WW = np.array([[link_class(devs, a, b) for b in range(W)] for a in range(W)])
     pairs_W = np.zeros(W)                       # routed pairs each rank serves
-    out_bytes = np.zeros((W, 3))                # per rank, bytes sent per link class
-    in_bytes = np.zeros((W, 3))
+    sent_WW = np.zeros((W, W))                  # bytes rank s sends to rank d (and receives back)
     row = (2 * work.hidden + work.top_k) * work.dispatch_bytes + 2 * work.hidden * work.act_bytes
-    for n in sorted(set(node.tolist())):
+    for n in range(int(island.max()) + 1):
         route_LEW = route_tables(placement, W, n, routing).numpy()
         p_LW = np.einsum("le,lew->lw", frac_LE, route_LEW)           # chance one pair of a token lands on w
         rows_W = T_r * (1 - (1 - p_LW) ** work.top_k).sum(0)          # token rows sent to w, all layers
-        pairs_W += (node == n).sum() * T_r * work.top_k * p_LW.sum(0)
-        for r in np.flatnonzero(node == n):
-            for d in range(W):
-                if d != r:
-                    out_bytes[r, cls_WW[r, d]] += rows_W[d] * row
-                    in_bytes[d, cls_WW[r, d]] += rows_W[d] * row
-    bw = np.array([links.bandwidth(c) for c in range(3)])
-    a2a = (np.maximum(out_bytes, in_bytes) / bw).max(1) + A2A_CALLS_PER_LAYER * L * links.latency_s
+        pairs_W += (island == n).sum() * T_r * work.top_k * p_LW.sum(0)
+        sent_WW[island == n] = rows_W * row
+    secs, per_class = link_times(sent_WW[None], cluster, 1)           # the balancer's per-class link model
+    a2a = secs[0].max(1) + A2A_CALLS_PER_LAYER * L * latency_s
     compute = (T_r * work.dense_flops_per_token + pairs_W * EXPERT_FLOPS * work.hidden * work.expert_ffn) \
         / cluster.throughput
     count, _ = placement.dense(W)
     replicated = int(((count > 0).sum(-1) > 1).sum())
     grads = (work.dense_params + replicated * work.expert_params) * work.grad_bytes
-    ar, ar_bridge, ar_island = all_reduce_time(cluster, links, grads, L + 3, sharded_bridge)
-    return StepPrediction(compute, a2a, ar, float(out_bytes[:, 2].sum() + ar_bridge),
-                          float(out_bytes[:, :2].sum() + ar_island))
+    ar, ar_bridge, ar_island = all_reduce_time(cluster, grads, L + 3, sharded_bridge, latency_s)
+    return StepPrediction(compute, a2a, ar, float(per_class[0, 2] + ar_bridge),
+                          float(per_class[0, :2].sum() + ar_island))
 
 
-def all_reduce_time(cluster: balance.Cluster, links: Links, nbytes: float, calls: int,
-                    sharded_bridge: bool = False) -> tuple[float, float, float]:
+def all_reduce_time(cluster: balance.Cluster, nbytes: float, calls: int, sharded_bridge: bool = False,
+                    latency_s: float = LATENCY_S) -> tuple[float, float, float]:
     """Hierarchical all-reduce of nbytes: ring inside each island (its slowest link), ring between island
-    leaders over the bridge, broadcast inside each island -> (seconds, bridge bytes, island bytes)."""
-    devs = cluster.devices
-    islands: dict[str, list[int]] = {}
-    for i, d in enumerate(devs):
-        islands.setdefault(d.vendor, []).append(i)
-    ring = lambda n: 2.0 * (n - 1) / n * nbytes if n > 1 else 0.0  # noqa: E731
-    inside = max((ring(len(r)) + nbytes * (len(r) - 1) / len(r)) /
-                 links.bandwidth(max(link_class(devs, r[0], b) for b in r)) for r in islands.values())
+    leaders over the bridge, broadcast inside each island -> (seconds, bridge bytes, island bytes); the
+    bytes are those Comm counts (islands.ring_bytes)."""
+    island, cls, bw = cluster.island, cluster.link_class(), cluster.links.bandwidth()
+    islands = [np.flatnonzero(island == i) for i in range(int(island.max()) + 1)]
+    home = lambda n: ring_bytes(nbytes, n) + nbytes * (n - 1) / n  # noqa: E731 - ring, then the broadcast
+    inside = max(home(len(r)) / bw[max(int(cls[np.ix_(r, r)].max()), 0)] for r in islands)
     m = len(islands)
-    lanes = min(len(r) for r in islands.values()) if sharded_bridge else 1
-    bridge = ring(m) / lanes / links.bandwidth(2) if m > 1 else 0.0
-    biggest = max(len(r) for r in islands.values())
+    lanes = min(len(r) for r in islands) if sharded_bridge else 1
+    bridge = ring_bytes(nbytes, m) / lanes / bw[2] if m > 1 else 0.0
+    biggest = max(len(r) for r in islands)
     stages = (2 if biggest > 1 else 0) + (1 if m > 1 else 0) if m > 1 else 1
-    island_bytes = sum(len(r) * (ring(len(r)) + nbytes * (len(r) - 1) / len(r)) for r in islands.values())
-    return inside + bridge + calls * stages * links.latency_s, m * ring(m), island_bytes
+    island_bytes = sum(len(r) * home(len(r)) for r in islands)
+    return inside + bridge + calls * stages * latency_s, m * ring_bytes(nbytes, m), island_bytes
 
 
 def fluid_bound(cluster: balance.Cluster, work: Workload) -> float:
