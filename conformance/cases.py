@@ -51,7 +51,7 @@ def standard(op: str, make: Make, scale: Scale, seed: int, modes=("large", "nan"
     out = []
     for i, (tokens, name, mode) in enumerate(plan):
         s = make(tokens, case_seed(seed, op, i), name, mode)
-        s.special = mode in ("nan", "inf")
+        s.special, s.empty = mode in ("nan", "inf"), tokens == 0
         s.backward = s.backward and not s.special and (mode != "large" or op in LINEAR_OPS)
         s.noncontiguous = mode == "strided"
         out.append(s)

@@ -1,18 +1,24 @@
 """Runs one sample on one backend and device: compile (or check the refusal), forward twice with
 poisoned memory, compare with the float64 reference, then gradients through a CompiledModel (autograd
-through the executable when it is differentiable, else the runtime's reference fallback)."""
+through the executable when it is differentiable, else the runtime's reference fallback).
+
+Executables are compiled once per graph signature (the graph's JSON: ops, attributes, types, never
+values) and reused by every sample of that graph on the same backend and device, as a user reuses one.
+A sample that compared nothing (every token excluded as routing-ambiguous, or an empty output) is no
+evidence: run_case draws it again with another seed, and after DRAWS tries calls it inconclusive."""
 
 from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 
 import torch
 
 from .. import registry
 from ..backends.base import Backend, BackendError
 from ..backends.devices import Device
-from ..ir import IRError
+from ..ir import IRError, to_json
 from ..runtime.compile import options_for
 from ..runtime.module import CompiledModel
 from ..runtime.partition import Segment, partition
@@ -40,7 +46,26 @@ def refusal(backend: Backend, device: Device, sample: Sample, reason: str) -> tu
     return "failed", [("declaration", f"declared unsupported ({reason}) yet compile() accepted the graph")]
 
 
-def segments_for(backend: Backend, device: Device, sample: Sample) -> tuple[list, list[str]]:
+DRAWS = 4
+
+
+def segments_for(backend: Backend, device: Device, sample: Sample, compiled: dict | None = None) -> tuple[list,
+                                                                                                        list[str]]:
+    """segments() once per graph signature: `compiled` (signature -> result or the exception) is the cache."""
+    if compiled is None:
+        return segments(backend, device, sample)
+    key = to_json(sample.graph)
+    if key not in compiled:
+        try:
+            compiled[key] = segments(backend, device, sample)
+        except Exception as e:  # noqa: BLE001 - replayed for every sample of this graph, as a fresh compile would
+            compiled[key] = e
+    if isinstance(compiled[key], Exception):
+        raise compiled[key]
+    return compiled[key]
+
+
+def segments(backend: Backend, device: Device, sample: Sample) -> tuple[list, list[str]]:
     """(segment, executable) pairs: the whole graph on the backend for op samples; partitioned with the
     reference as fallback for layer/model samples. Raises BackendError/IRError when it cannot."""
     if sample.kind == "op":
@@ -86,7 +111,39 @@ def reference_model(sample: Sample, device: Device, params: dict) -> CompiledMod
     return CompiledModel(sample.graph, params, selection, [(Segment("reference", sample.graph, {}), exe)])
 
 
-def run_sample(backend: Backend, device: Device, sample: Sample, declined: str | None) -> CaseResult:
+def run_case(backend: Backend, device: Device, sample: Sample, declined: str | None, compiled: dict | None,
+             redraw: Callable[[int], Sample]) -> CaseResult:
+    """run_sample, drawing the sample again (redraw(attempt) -> a new sample of the same case) while its
+    comparison covers nothing; after DRAWS draws that compared nothing the case is inconclusive."""
+    seconds, empty_draws = 0.0, []
+    for attempt in range(DRAWS):
+        r = run_sample(backend, device, sample, declined, compiled)
+        seconds += r.seconds
+        why = vacuous(r, sample)
+        if not why:
+            break
+        empty_draws.append(f"seed {sample.seed}: {why}")
+        if attempt + 1 < DRAWS:
+            sample = redraw(attempt + 1)
+    r.seconds, r.draws = seconds, attempt + 1
+    if why:
+        r.status, r.reason = "inconclusive", f"compared nothing in {DRAWS} draws ({'; '.join(empty_draws)})"
+    elif empty_draws:
+        r.notes.append(f"drawn {r.draws} times; compared nothing before ({'; '.join(empty_draws)})")
+    return r
+
+
+def vacuous(r: CaseResult, sample: Sample) -> str:
+    """Why a passed sample proves nothing ('' when it compared something, or is empty on purpose)."""
+    if r.status != "passed" or r.compared or sample.empty:
+        return ""
+    if r.excluded_tokens:
+        return f"all {r.excluded_tokens} token(s) excluded as routing-ambiguous"
+    return "the outputs are empty"
+
+
+def run_sample(backend: Backend, device: Device, sample: Sample, declined: str | None,
+               compiled: dict | None = None) -> CaseResult:
     start = time.perf_counter()
     r = CaseResult(backend.name, device.id, sample.dtype.value, sample.op, sample.name, sample.seed, "passed")
     if declined:
@@ -94,7 +151,7 @@ def run_sample(backend: Backend, device: Device, sample: Sample, declined: str |
         r.reason = declined
     else:
         try:
-            check(backend, device, sample, r)
+            check(backend, device, sample, r, compiled)
         except Exception as e:  # noqa: BLE001 - any crash is a failed case, reported with the check that hit it
             r.failures.append(("run", short_error(e)))
         r.status = "failed" if r.failures else r.status
@@ -102,9 +159,9 @@ def run_sample(backend: Backend, device: Device, sample: Sample, declined: str |
     return r
 
 
-def check(backend: Backend, device: Device, sample: Sample, r: CaseResult):
+def check(backend: Backend, device: Device, sample: Sample, r: CaseResult, compiled: dict | None = None):
     try:
-        segments, notes = segments_for(backend, device, sample)
+        segments, notes = segments_for(backend, device, sample, compiled)
     except (BackendError, IRError) as e:
         if sample.kind == "op":
             r.failures.append(("compile", f"declared supported, but compile() refused: {e}"))
@@ -157,3 +214,4 @@ def check(backend: Backend, device: Device, sample: Sample, r: CaseResult):
         checks.compare_grads(out, got, checks.float64_grads(sample, cots), sample.kind, sample.op, same_g)
     r.failures += out.failures
     r.errors, r.notes = out.errors, r.notes + out.notes + sample.notes
+    r.compared, r.compared_grads = out.compared, out.compared_grads

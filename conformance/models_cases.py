@@ -24,7 +24,7 @@ def layer_samples(name: str):
             tensors = {k: exact(v.double(), dtype) for k, v in params.items()}
             tensors["x"] = exact(randn(rng(s), tokens, cfg.hidden), dtype)
             label = {0: "edge:zero-tokens", 1: "edge:one-token"}.get(tokens, f"tokens={tokens}")
-            out.append(Sample(f"layer:{name}", label, dtype, s, graph, tensors, kind="layer"))
+            out.append(Sample(f"layer:{name}", label, dtype, s, graph, tensors, kind="layer", empty=tokens == 0))
         return out
     return generate
 

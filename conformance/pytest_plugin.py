@@ -23,16 +23,18 @@ class ConformanceFailure(AssertionError):
 
 
 class ConformanceItem(pytest.Item):
-    def __init__(self, *, runner, backend, device, sample, known, **kwargs):
+    def __init__(self, *, runner, backend, device, sample, scale, known, **kwargs):
         super().__init__(**kwargs)
         self.runner, self.backend, self.device, self.sample, self.known = runner, backend, device, sample, known
+        self.scale = scale
 
     def runtest(self):
-        from .execute import run_sample
+        from .execute import run_case
         from .runner import apply_known
         reason = self.backend.support(self.device).reason(self.sample.op, self.sample.dtype) \
             if self.sample.kind == "op" else None
-        r = run_sample(self.backend, self.device, self.sample, reason)
+        r = run_case(self.backend, self.device, self.sample, reason, None,
+                     lambda n: self.runner.redraw(self.sample, self.scale, n))
         apply_known([r], self.known)
         if r.status == "declined":
             pytest.skip(f"declined: {r.reason}")
@@ -40,6 +42,8 @@ class ConformanceItem(pytest.Item):
             pytest.xfail(f"known failure: {r.reason}")
         if r.status == "failed":
             raise ConformanceFailure("\n".join(f"[{c}] {m}" for c, m in r.failures) + f"\nseed={r.seed}")
+        if r.status == "inconclusive":
+            raise ConformanceFailure(f"inconclusive: {r.reason}")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ConformanceFailure):
@@ -65,4 +69,5 @@ def pytest_collection_modifyitems(session, config, items):
             for sample in runner.samples(target.scale, dtype):
                 name = f"conformance[{backend.name}-{device.id}-{dtype.value}-{sample.op}/{sample.name}]"
                 items.append(ConformanceItem.from_parent(session, name=name, runner=runner, backend=backend,
-                                                         device=device, sample=sample, known=known))
+                                                         device=device, sample=sample, scale=target.scale,
+                                                         known=known))

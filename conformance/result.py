@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+STATUSES = ("passed", "failed", "inconclusive", "xfail", "declined")
+
 
 @dataclass
 class CaseResult:
@@ -15,10 +17,13 @@ class CaseResult:
     op: str
     case: str
     seed: int
-    status: str                                   # passed | failed | xfail (known failure) | declined
+    status: str                                   # one of STATUSES; xfail = a known failure
     failures: list[tuple[str, str]] = field(default_factory=list)   # (check, message)
     errors: dict[str, dict] = field(default_factory=dict)
     excluded_tokens: int = 0
+    compared: int = 0                             # output elements compared by value
+    compared_grads: int = 0                       # gradient elements compared
+    draws: int = 1                                # samples drawn: one that compared nothing is drawn again
     notes: list[str] = field(default_factory=list)
     reason: str = ""                              # why declined, or the known failure's reason
     seconds: float = 0.0
@@ -64,10 +69,14 @@ class Report:
     def failures(self) -> list[CaseResult]:
         return [r for r in self.results if r.status == "failed"]
 
+    def inconclusive(self) -> list[CaseResult]:
+        return [r for r in self.results if r.status == "inconclusive"]
+
     @property
     def passed(self) -> bool:
-        """True when at least one target ran and no executed case failed (known failures do not count)."""
-        return any(t.ran for t in self.targets) and not self.failures()
+        """True when at least one target ran and every executed case passed (known failures do not count;
+        an inconclusive case, one that compared nothing, does)."""
+        return any(t.ran for t in self.targets) and not self.failures() and not self.inconclusive()
 
     def counts(self, backend: str, device: str, dtype: str | None = None) -> Counter:
         return Counter(r.status for r in self.of(backend, device) if dtype is None or r.dtype == dtype)
@@ -83,12 +92,13 @@ class Report:
                 c = self.counts(t.backend, t.device, dtype)
                 if not c:
                     continue
-                verdict = "FAIL" if c["failed"] else "ok"
+                verdict = "FAIL" if c["failed"] or c["inconclusive"] else "ok"
                 lines.append(f"{t.backend:12} {t.device:10} {dtype:9} {verdict:4} passed {c['passed']:4}  "
-                             f"failed {c['failed']:3}  known {c['xfail']:3}  declined {c['declined']:3}")
-        bad = self.failures()
+                             f"failed {c['failed']:3}  inconclusive {c['inconclusive']:2}  known {c['xfail']:3}  "
+                             f"declined {c['declined']:3}")
+        bad, unsure = self.failures(), self.inconclusive()
         lines.append(f"{'PASSED' if self.passed else 'FAILED'}: {len(self.results)} case(s), {len(bad)} failed, "
-                     f"{self.seconds:.1f} s")
+                     f"{len(unsure)} inconclusive, {self.seconds:.1f} s")
         return lines
 
     def failure_lines(self, limit: int = 20) -> list[str]:
@@ -96,6 +106,9 @@ class Report:
         for r in self.failures()[:limit]:
             out.append(f"FAIL {r.backend} {r.device} {r.dtype} {r.op}/{r.case} seed={r.seed}")
             out += [f"     [{c}] {m}" for c, m in r.failures[:3]]
+            out.append(f"     reproduce: {r.reproduce}")
+        for r in self.inconclusive()[:limit]:
+            out.append(f"INCONCLUSIVE {r.backend} {r.device} {r.dtype} {r.op}/{r.case}: {r.reason}")
             out.append(f"     reproduce: {r.reproduce}")
         return out
 

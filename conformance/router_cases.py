@@ -38,7 +38,7 @@ def router_sample(dtype: DType, sc: Scale, T: int, seed: int, name: str, variant
             None if bias is None else Arg("bias", bias, param=True),
             None if score_bias is None else Arg("score_bias", score_bias, param=True, dtype=DType.float32)]
     s = single_op("router", f"{variant}:{name}", dtype, seed, args, **attrs)
-    s.special, s.noncontiguous = mode == "nan", mode == "strided"
+    s.special, s.noncontiguous, s.empty = mode == "nan", mode == "strided", T == 0
     s.backward = mode != "nan"
     return s
 
