@@ -20,7 +20,7 @@ def install(session):
 def tests(session):
     """Unit, integration and quick conformance tests (about 10 minutes on 2 cores)."""
     install(session)
-    session.run("pytest", "-q", "--durations=15", *session.posargs, env={"PORTABLE_MOE_CACHE_DIR": str(
+    session.run("pytest", "-q", "-rs", "--durations=15", *session.posargs, env={"PORTABLE_MOE_CACHE_DIR": str(
         session.create_tmp() + "/cache")})
 
 

@@ -1,13 +1,19 @@
 """portable_moe: one small IR for Mixture-of-Experts models, many accelerator vendors."""
 
 import sys
+from importlib import metadata
 
 from .ir import Graph, IRError, PortableMoeError
-from .runtime import CompiledModel, compile
 
 __all__ = ["CompiledModel", "Graph", "IRError", "PortableMoeError", "compile", "from_hf", "patch_hf",
            "register_experts"]
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("portable-moe")
+except metadata.PackageNotFoundError:      # a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Lazy: torch takes a second to import and transformers several, and `portable-moe --help` needs neither.
+_LAZY = {"compile": "runtime", "CompiledModel": "runtime", "from_hf": "hf", "patch_hf": "hf"}
 
 
 def register_experts() -> None:
@@ -18,9 +24,9 @@ def register_experts() -> None:
 
 
 def __getattr__(name):
-    if name in ("from_hf", "patch_hf"):      # lazy: importing transformers takes seconds
-        from . import hf
-        return getattr(hf, name)
+    if name in _LAZY:
+        from importlib import import_module
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'portable_moe' has no attribute {name!r}")
 
 

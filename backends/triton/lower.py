@@ -135,7 +135,7 @@ def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: 
                         "matrix_instructions": {MATRIX_INSTRUCTIONS[target.split(":")[1]]:
                                                 count_matrix_instructions(asm, target)}})
     return write_manifest(out_dir, "triton", target, graph, entries, triton_version=triton.__version__,
-                          cache={"dir": str(cache_root), "hits": hits, "misses": len(entries) - hits},
+                          cache={"hits": hits, "misses": len(entries) - hits},
                           not_lowered=not_lowered)
 
 

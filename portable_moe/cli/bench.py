@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 
 from ..bench import DEFAULT_SHAPES, BenchError, Case, flagged, layer_case, parse_layer_shape, run_bench
-from ..ir import DType
 from ..models import PRESETS, ConfigError, load_config, preset
 from ..runtime.compile import resolve_device
+from .models import DTYPES
 
 
 def add_parser(subparsers):
@@ -27,7 +27,7 @@ def add_parser(subparsers):
     p.add_argument("--backend", action="append", default=None, metavar="B",
                    help="backend name, or 'all' (default; repeatable). Naming a slow one runs it anyway")
     p.add_argument("--device", default=None, help="device id (cpu, cuda:0, ...); default: the first device found")
-    p.add_argument("--dtype", default="float32", help="dtype of the layer (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the layer (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs after one warm-up (default: %(default)s)")
     p.add_argument("--json", default=None, metavar="F", help="write the results as JSON")
     p.add_argument("--plot", default=None, metavar="F.png", help="write a bar chart of GFLOP/s")
@@ -35,11 +35,6 @@ def add_parser(subparsers):
 
 
 def cases_from(args) -> list[Case]:
-    try:
-        DType(args.dtype)
-    except ValueError:
-        raise BenchError(f"--dtype {args.dtype!r} is not a dtype; choose from {', '.join(d.value for d in DType)}") \
-            from None
     if any(t < 1 for t in args.tokens or []):
         raise BenchError(f"--tokens {args.tokens} must all be positive")
     if args.model and args.layer_shape:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..conformance.report import write_html, write_json, write_junit
 from ..conformance.runner import DEFAULT_DTYPES, run_suite
+from .models import DTYPES
 
 
 def add_parser(subparsers):
@@ -16,7 +17,8 @@ def add_parser(subparsers):
                    help="backend name, or 'all' (default; repeatable)")
     p.add_argument("--device", default=None, help="device id (cpu, cuda:0, opencl:0, ...); default: every device "
                                                   "each backend can use")
-    p.add_argument("--dtype", nargs="+", default=list(DEFAULT_DTYPES), help="dtypes (default: %(default)s)")
+    p.add_argument("--dtype", nargs="+", default=list(DEFAULT_DTYPES), choices=DTYPES, metavar="D",
+                   help=f"dtypes, from {', '.join(DTYPES)} (default: %(default)s)")
     tier = p.add_mutually_exclusive_group()
     tier.add_argument("--quick", dest="tier", action="store_const", const="quick", help="the CI tier (default)")
     tier.add_argument("--full", dest="tier", action="store_const", const="full", help="more shapes and seeds")

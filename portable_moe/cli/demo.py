@@ -18,13 +18,15 @@ from ..runtime.tolerance import global_error
 from . import demo_sections
 
 DEFAULT_MODEL = "debug"
+DEVICE_KINDS = ("cpu", "cuda", "rocm", "hip", "xpu", "mps", "opencl")
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("demo", help="the main job on an embedded default model")
     p.add_argument("--device", help="device to run on (default: PORTABLE_MOE_DEVICE, else the first found)")
     p.add_argument("--backend", help="backend to run with (default: PORTABLE_MOE_BACKEND, else automatic)")
-    p.add_argument("--out", help="where artifacts go (default: a temporary directory)")
+    p.add_argument("--out", help="keep the artifacts (HTML matrix, plots, compiled files) in this directory "
+                                 "(default: a temporary directory, removed at the end)")
     p.add_argument("--skip", action="append", default=[], choices=demo_sections.NAMES,
                    help="leave out a section (repeatable)")
     p.set_defaults(func=run)
@@ -105,27 +107,50 @@ def run_section(section, **kwargs) -> bool:
     return True
 
 
+def checked_backend(name: str | None, device) -> str | None:
+    """The --backend argument, refused before any output when it names no backend or one that cannot run
+    on the device."""
+    if name is None:
+        return None
+    if name not in registry.backend_names():
+        hint = f" ('{name}' is a device: pass --device {name})" if name.split(":")[0] in DEVICE_KINDS else ""
+        raise PortableMoeError(f"--backend: unknown backend '{name}'; known backends: "
+                               f"{', '.join(registry.backend_names())}{hint}")
+    reason = registry.load(name).availability(device)
+    if reason:
+        raise PortableMoeError(f"--backend {name} cannot run on {device.id}: {reason}")
+    return name
+
+
 def run(args) -> int:
+    device = resolve_device(args.device)
+    backend = checked_backend(args.backend, device)
+    if args.out:
+        return run_into(Path(args.out), device, backend, args.skip, keep=True)
+    with tempfile.TemporaryDirectory(prefix="portable-moe-demo-") as tmp:
+        return run_into(Path(tmp), device, backend, args.skip, keep=False)
+
+
+def run_into(out: Path, device, backend: str | None, skip: list[str], keep: bool) -> int:
     started = time.perf_counter()
-    out = Path(args.out or tempfile.mkdtemp(prefix="portable-moe-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     graph = build_model(preset(DEFAULT_MODEL))
     params = init_params(graph, seed=0)
-    device = resolve_device(args.device)
     heading("model")
     show_model(graph, params)
     heading(f"devices and backends (this run: {device.id})")
     show_devices(device)
     heading("run on the selected backend, checked against the float64 reference")
-    run_main(graph, params, device, args.backend)      # what the user asked for: its errors end the demo
+    run_main(graph, params, device, backend)      # what the user asked for: its errors end the demo
     failed = []
     for name, section in demo_sections.SECTIONS.items():
-        if name in args.skip:
+        if name in skip:
             continue
         heading(section.title)
         if not run_section(section, graph=graph, params=params, device=device, out=out / name):
             failed.append(name)
     heading("done")
-    print(f"artifacts in {out}; {time.perf_counter() - started:.0f} s in all"
+    kept = f"artifacts in {out}" if keep else "artifacts removed (pass --out DIR to keep them)"
+    print(f"{kept}; {time.perf_counter() - started:.0f} s in all"
           + (f"; failed sections: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -12,7 +12,7 @@ from ..backends.onnxruntime.convert import to_numpy
 from ..ir import IRError, parse_json, read_bounded
 from ..ir.onnx import OPSET, check, export, save
 from ..models import PRESETS, build_model, build_moe_layer, init_params, load_config, preset
-from .models import add_model_args, resolve_model
+from .models import DTYPES, add_model_args, resolve_model
 
 EXTERNAL_ABOVE_BYTES = 1 << 30     # protobuf cannot hold a model over 2 GiB; leave headroom
 
@@ -21,7 +21,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("export", help="export a model to ONNX (standard operators, checked)")
     add_model_args(p)
     p.add_argument("-o", "--out", required=True, help="the .onnx file to write")
-    p.add_argument("--dtype", default=None, help="rebuild a preset or config model in this dtype (e.g. float16)")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="rebuild a preset or config model in this dtype")
     p.add_argument("--external-data", action="store_true",
                    help="weights in <file>.data beside the model (automatic above 1 GiB of weights)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..ir import Graph, IRError, PortableMoeError, from_dict, load, parse_json, read_bounded
+from ..ir import COMPUTE_FLOATS, Graph, IRError, PortableMoeError, from_dict, load, parse_json, read_bounded
 from ..models import PRESETS, build_model, build_moe_layer, config_from_dict, init_params, load_params, preset
+
+DTYPES = tuple(d.value for d in COMPUTE_FLOATS)     # what a model computes in; integer dtypes only index
 
 
 def add_model_args(parser, layer_flag: bool = True):
