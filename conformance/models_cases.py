@@ -18,7 +18,7 @@ def layer_samples(name: str):
         cfg = preset(name).with_(dtype=dtype.value)
         graph = build_moe_layer(cfg)
         out = []
-        for i, tokens in enumerate((*sc.tokens, sc.tiles[-1], 0, 1)):
+        for i, tokens in enumerate(sc.layer_tokens or (*sc.tokens, sc.tiles[-1], 0, 1)):
             s = case_seed(seed, f"layer:{name}", i)
             params = init_params(graph, s, std=cfg.hidden ** -0.5)
             tensors = {k: exact(v.double(), dtype) for k, v in params.items()}
@@ -31,6 +31,8 @@ def layer_samples(name: str):
 
 def model_samples(name: str):
     def generate(dtype: DType, sc: Scale, seed: int) -> list[Sample]:
+        if not sc.models:
+            return []
         cfg = preset(name).with_(dtype=dtype.value)
         graph = build_model(cfg, with_loss=True)
         s = case_seed(seed, f"model:{name}", 0)

@@ -3,7 +3,7 @@ case on Triton's CPU interpreter costs a thousand times a single op on the refer
 one line is redrawn in place; otherwise (a file, a CI log) one plain line per backend x device x dtype
 group, written when the group is done.
 
-The costs are CPU seconds per case measured on a 2-core machine (BENCHMARKS.md, conformance); a
+The costs are seconds per case measured on a 2-core machine (BENCHMARKS.md, conformance); a
 backend not listed counts as the reference. The ETA divides the expected cost still to run by the
 rate observed so far, so it corrects itself when this machine is faster or slower."""
 
@@ -13,13 +13,18 @@ import sys
 import time
 from dataclasses import dataclass
 
-KIND_COST = {"op": 1.0, "layer": 4.0, "model": 12.0}
-BACKEND_COST = {("reference", "cpu"): 1.0, ("onnxruntime", "cpu"): 1.5, ("tvm", "cpu"): 1.5,
-                ("tvm", "opencl"): 8.0, ("triton", "cpu"): 40.0}
+# seconds per case by (backend, device kind) and sample kind, measured here (quick tier, 2 shared cores)
+COST = {("reference", "cpu"): {"op": 0.005, "layer": 0.04, "model": 0.17},
+        ("onnxruntime", "cpu"): {"op": 0.05, "layer": 0.18, "model": 0.4},
+        ("tvm", "cpu"): {"op": 0.1, "layer": 0.37, "model": 1.4},
+        ("tvm", "opencl"): {"op": 0.08, "layer": 0.09, "model": 0.1},
+        ("triton", "cpu"): {"op": 0.4, "layer": 5.5, "model": 23.5}}
+DECLINED = 0.01       # a declined op is checked once, then skipped
 
 
-def expected_cost(backend: str, device_kind: str, kind: str) -> float:
-    return KIND_COST.get(kind, 1.0) * BACKEND_COST.get((backend, device_kind), 1.0)
+def expected_cost(backend: str, device_kind: str, kind: str, declined: bool = False) -> float:
+    table = COST.get((backend, device_kind), COST[("reference", "cpu")])
+    return table.get(kind, table["op"]) * (DECLINED if declined else 1.0)
 
 
 def clock(seconds: float) -> str:
@@ -62,7 +67,7 @@ class Progress:
     def group_done(self, label: str, summary: str):
         if self.enabled:
             took = time.perf_counter() - self.group_start
-            line = (f"{label}: {self.group_cases} case(s) in {took:.1f} s, {summary}; "
+            line = (f"{label}: {self.group_cases} sample(s) in {took:.1f} s, {summary}; "
                     f"{self.cases_done}/{self.total_cases} done, ETA {self.eta()}")
             self.stream.write(("\r" + line.ljust(150) + "\n") if self.live else line + "\n")
             self.stream.flush()

@@ -138,7 +138,7 @@ class Runner:
         report = Report(self.tier, [d.value for d in self.dtypes], environment=environment(self.seed))
         report.targets, runnable = self.targets(backends, device)
         work = [(t, b, dev, dtype, self.samples(t.scale, dtype)) for t, b, dev in runnable for dtype in self.dtypes]
-        progress = Progress(sum(expected_cost(b.name, dev.kind, s.kind) for _, b, dev, _, ss in work for s in ss),
+        progress = Progress(sum(target_cost(b, dev, samples) for _, b, dev, _, samples in work),
                             sum(len(w[-1]) for w in work), enabled=self.progress)
         known_by = {}
         with single_threaded():
@@ -162,10 +162,9 @@ class Runner:
         support = backend.support(dev)
         out, declined_seen, compiled = [], set(), {}
         for s in samples:
-            cost = expected_cost(backend.name, dev.kind, s.kind)
             reason = support.reason(s.op, dtype) if s.kind == "op" else None
             if reason and s.op in declined_seen:
-                progress.step(cost, f"{backend.name} {dev.id} {dtype.value} {s.op}")
+                progress.step(cost(backend, dev, s, support), f"{backend.name} {dev.id} {dtype.value} {s.op}")
                 continue
             declined_seen |= {s.op} if reason else set()
             r = run_case(backend, dev, s, reason, compiled, lambda n, s=s: self.redraw(s, scale, n))
@@ -174,7 +173,7 @@ class Runner:
             r.reproduce = (f"portable-moe conformance --backend {backend.name} --device {dev.id} --dtype "
                            f"{dtype.value} --op '{s.op}' --case '{s.name}' --seed {self.seed} --{self.tier}")
             out.append(r)
-            progress.step(cost, f"{backend.name} {dev.id} {dtype.value} {s.op}")
+            progress.step(cost(backend, dev, s, support), f"{backend.name} {dev.id} {dtype.value} {s.op}")
         return out
 
     def save_verdict(self, backend: Backend, dev: Device, dtype: DType, results: list[CaseResult]):
@@ -187,6 +186,16 @@ class Runner:
             return      # a filtered run can fail a backend, never prove it
         summary = {f"cases_{k}": v for k, v in counts.items()}   # "passed" itself is the verdict
         results_cache.record(backend.name, dev, dtype.value, ok, {"tier": self.tier, "ops": self.ops, **summary})
+
+
+def cost(backend: Backend, dev: Device, sample: Sample, support) -> float:
+    declined = sample.kind == "op" and support.reason(sample.op, sample.dtype) is not None
+    return expected_cost(backend.name, dev.kind, sample.kind, declined)
+
+
+def target_cost(backend: Backend, dev: Device, samples: list[Sample]) -> float:
+    support = backend.support(dev)
+    return sum(cost(backend, dev, s, support) for s in samples)
 
 
 @contextmanager

@@ -33,10 +33,15 @@ class Scale:
     # causally every later position of its row goes with it, so many short rows keep some compared.
     batch: int = 2
     seq: int = 8
+    layer_tokens: tuple[int, ...] | None = None   # MoE layer samples (default: tokens, the last tile, 0, 1)
+    models: bool = True                           # whole-model samples at this scale
 
 
 SCALES = {
-    "tiny": Scale("tiny", (5,), (15, 16, 17), hidden=16, ffn=16, experts=4, top_k=2, seeds=1, batch=8, seq=2),
+    # tiny: Triton's CPU interpreter in the quick tier (~5 s per layer sample, ~25 s per model sample):
+    # two layer samples per preset, whole models in the full tier only.
+    "tiny": Scale("tiny", (5,), (15, 16, 17), hidden=16, ffn=16, experts=4, top_k=2, seeds=1, batch=8, seq=2,
+                  layer_tokens=(17, 0), models=False),
     "quick": Scale("quick", (3, 4, 33), (15, 16, 17, 63, 64, 65, 127, 128, 129), hidden=32, ffn=32, experts=8,
                    top_k=2, seeds=1, batch=32, seq=2),
     "full": Scale("full", (2, 3, 4, 7, 100, 257), (15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129),

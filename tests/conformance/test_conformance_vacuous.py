@@ -77,16 +77,23 @@ def test_zero_token_samples_are_empty_on_purpose_not_inconclusive():
     assert report.passed and r.compared == 0 and r.draws == 1
 
 
-def test_model_cases_compare_something_in_every_dtype_and_scale():
-    """The whole-model samples (the tiny scale is what Triton's CPU interpreter runs; in bfloat16 most
-    tokens' routing is ambiguous) compare output elements in every dtype, with at most a redraw."""
-    tiny = ReferenceBackend()
-    tiny.conformance_scale = {"cpu": "tiny"}
-    for backend in ("reference", tiny):
-        report = run_suite(backend, "cpu", ["float32", "float16", "bfloat16"], ops=["model:*"], progress=False,
-                           record=False)
-        assert report.passed, "\n".join(report.failure_lines())
+def test_model_cases_compare_something_in_every_dtype_and_tier():
+    """The whole-model samples (in bfloat16 most tokens' routing is ambiguous; the full tier's is the one
+    Triton's CPU interpreter runs) compare output elements in every dtype, with at most a redraw."""
+    for tier in ("quick", "full"):
+        report = run_suite("reference", "cpu", ["float32", "float16", "bfloat16"], tier=tier, ops=["model:*"],
+                           progress=False, record=False)
+        assert report.passed and len(report.results) == 6, "\n".join(report.failure_lines())
         assert all(r.compared > 0 for r in report.results), [(r.case, r.dtype, r.compared) for r in report.results]
+
+
+def test_slow_backends_keep_whole_models_for_the_full_tier():
+    slow = ReferenceBackend()
+    slow.conformance_scale = {"cpu": "tiny"}
+    quick = run_suite(slow, "cpu", ["float32"], ops=["model:*", "layer:*"], progress=False, record=False)
+    assert quick.passed and {r.op for r in quick.results} == {"layer:debug", "layer:debug-deepseek"}
+    full = run_suite(slow, "cpu", ["float32"], tier="full", ops=["model:*"], progress=False, record=False)
+    assert full.passed and {r.case for r in full.results} == {"batch=32,seq=2"}
 
 
 def test_compiled_once_per_graph_signature(monkeypatch):
