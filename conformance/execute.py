@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import fields
 
 import torch
 
@@ -34,10 +35,17 @@ def short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".strip() + " | " + " ".join(s.strip().replace("\n", " ") for s in tail)[-400:]
 
 
+def suite_options(backend: Backend):
+    """The backend's default options, on one thread where it has a `threads` option: the samples are tiny,
+    and threads only spin waiting on each other (onnxruntime: 2x the CPU time on 2 shared cores)."""
+    threads = {"threads": 1} if "threads" in {f.name for f in fields(backend.Options)} else None
+    return options_for(backend, threads)
+
+
 def refusal(backend: Backend, device: Device, sample: Sample, reason: str) -> tuple[str, list]:
     """A declined op must make compile() raise BackendError: anything else is a failure."""
     try:
-        backend.compile(sample.graph, device, options_for(backend, None))
+        backend.compile(sample.graph, device, suite_options(backend))
     except BackendError:
         return "declined", []
     except Exception as e:  # noqa: BLE001 - a crash instead of a clean refusal is the finding
@@ -69,7 +77,7 @@ def segments(backend: Backend, device: Device, sample: Sample) -> tuple[list, li
     """(segment, executable) pairs: the whole graph on the backend for op samples; partitioned with the
     reference as fallback for layer/model samples. Raises BackendError/IRError when it cannot."""
     if sample.kind == "op":
-        exe = backend.compile(sample.graph, device, options_for(backend, None))
+        exe = backend.compile(sample.graph, device, suite_options(backend))
         return [(Segment(backend.name, sample.graph, {}), exe)], []
     ranked = [(backend.name, backend)]
     ref = registry.load("reference")
@@ -77,7 +85,7 @@ def segments(backend: Backend, device: Device, sample: Sample) -> tuple[list, li
         ranked.append(("reference", ref))
     segs = partition(sample.graph, device, ranked)
     by_name = dict(ranked)
-    out = [(s, by_name[s.backend].compile(s.graph, device, options_for(by_name[s.backend], None))) for s in segs]
+    out = [(s, by_name[s.backend].compile(s.graph, device, suite_options(by_name[s.backend]))) for s in segs]
     where = {}
     for s, _ in out:
         where[s.backend] = where.get(s.backend, 0) + len(s.graph.nodes)
@@ -106,7 +114,7 @@ def backward(model: CompiledModel, sample: Sample, inputs: dict, cots: list) -> 
 def reference_model(sample: Sample, device: Device, params: dict) -> CompiledModel:
     """The reference in the sample's dtype: how far correct code gets in that precision."""
     ref = registry.load("reference")
-    exe = ref.compile(sample.graph, device, options_for(ref, None))
+    exe = ref.compile(sample.graph, device, suite_options(ref))
     selection = Selection(device, sample.dtype, "conformance", ["reference"])
     return CompiledModel(sample.graph, params, selection, [(Segment("reference", sample.graph, {}), exe)])
 
