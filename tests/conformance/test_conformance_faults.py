@@ -51,7 +51,9 @@ def test_unavailable_backends_are_listed_not_counted(monkeypatch):
     real = registry.load
 
     def load(name):
-        return "broken: cannot load (no module named broken)" if name == "broken" else real(name)
+        if name == "broken":
+            raise registry.BackendUnavailable("broken: cannot load (no module named broken)")
+        return real(name)
     monkeypatch.setattr(registry, "load", load)
     report = run_suite(["reference", "broken", Unavailable()], "cpu", ["float32"], ops=["swiglu"], progress=False,
                        record=False)
