@@ -7,7 +7,8 @@ with the verdict 'unavailable: reason' and does not count for the exit status.
 
 Budget: a backend or device kind that runs slowly gets smaller samples. A backend may declare
 `conformance_scale = {"cpu": "tiny"}` (device kind -> scale name); SLOW holds the defaults for the
-in-tree ones (Triton on the CPU runs through its interpreter, ~1000x slower than compiled code)."""
+in-tree ones (Triton on the CPU runs through its interpreter, ~1000x slower than compiled code). A
+"tiny" backend runs "tiny-full" in the full tier: the same sizes with every layer sample and the models."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def scale_name(backend: Backend, device: Device, tier: str) -> str:
     declared = getattr(backend, "conformance_scale", {}).get(device.kind)
     slow = declared or SLOW.get((backend.name, device.kind))
     if slow:
-        return "quick" if tier == "full" and slow == "tiny" else slow
+        return "tiny-full" if tier == "full" and slow == "tiny" else slow
     return tier
 
 

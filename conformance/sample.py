@@ -44,6 +44,9 @@ SCALES = {
                   layer_tokens=(17, 0), models=False),
     "quick": Scale("quick", (3, 4, 33), (15, 16, 17, 63, 64, 65, 127, 128, 129), hidden=32, ffn=32, experts=8,
                    top_k=2, seeds=1, batch=32, seq=2),
+    # tiny-full: the same in the full tier, with every layer sample and the whole models
+    "tiny-full": Scale("tiny-full", (5,), (15, 16, 17), hidden=16, ffn=16, experts=4, top_k=2, seeds=1, batch=8,
+                       seq=2),
     "full": Scale("full", (2, 3, 4, 7, 100, 257), (15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129),
                   hidden=64, ffn=48, experts=8, top_k=2, seeds=3, batch=32, seq=4),
 }

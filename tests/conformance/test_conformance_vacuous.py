@@ -78,10 +78,12 @@ def test_zero_token_samples_are_empty_on_purpose_not_inconclusive():
 
 
 def test_model_cases_compare_something_in_every_dtype_and_tier():
-    """The whole-model samples (in bfloat16 most tokens' routing is ambiguous; the full tier's is the one
-    Triton's CPU interpreter runs) compare output elements in every dtype, with at most a redraw."""
-    for tier in ("quick", "full"):
-        report = run_suite("reference", "cpu", ["float32", "float16", "bfloat16"], tier=tier, ops=["model:*"],
+    """The whole-model samples (in bfloat16 most tokens' routing is ambiguous; `slow` stands for Triton's
+    CPU interpreter) compare output elements in every dtype and tier, with at most a few redraws."""
+    slow = ReferenceBackend()
+    slow.conformance_scale = {"cpu": "tiny"}
+    for tier, backend in (("quick", "reference"), ("full", "reference"), ("full", slow)):
+        report = run_suite(backend, "cpu", ["float32", "float16", "bfloat16"], tier=tier, ops=["model:*"],
                            progress=False, record=False)
         assert report.passed and len(report.results) == 6, "\n".join(report.failure_lines())
         assert all(r.compared > 0 for r in report.results), [(r.case, r.dtype, r.compared) for r in report.results]
@@ -93,7 +95,7 @@ def test_slow_backends_keep_whole_models_for_the_full_tier():
     quick = run_suite(slow, "cpu", ["float32"], ops=["model:*", "layer:*"], progress=False, record=False)
     assert quick.passed and {r.op for r in quick.results} == {"layer:debug", "layer:debug-deepseek"}
     full = run_suite(slow, "cpu", ["float32"], tier="full", ops=["model:*"], progress=False, record=False)
-    assert full.passed and {r.case for r in full.results} == {"batch=32,seq=2"}
+    assert full.passed and {r.case for r in full.results} == {"batch=8,seq=2"}
 
 
 def test_compiled_once_per_graph_signature(monkeypatch):
