@@ -13,12 +13,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-# seconds per case by (backend, device kind) and sample kind, measured here (quick tier, 2 shared cores)
-COST = {("reference", "cpu"): {"op": 0.005, "layer": 0.04, "model": 0.17},
-        ("onnxruntime", "cpu"): {"op": 0.05, "layer": 0.18, "model": 0.4},
-        ("tvm", "cpu"): {"op": 0.1, "layer": 0.37, "model": 1.4},
-        ("tvm", "opencl"): {"op": 0.08, "layer": 0.09, "model": 0.1},
-        ("triton", "cpu"): {"op": 0.4, "layer": 5.5, "model": 23.5}}
+# seconds per case by (backend, device kind) and sample kind, measured here (2 cores, load ~2)
+COST = {("reference", "cpu"): {"op": 0.003, "layer": 0.03, "model": 0.1},
+        ("onnxruntime", "cpu"): {"op": 0.006, "layer": 0.04, "model": 0.3},
+        ("tvm", "cpu"): {"op": 0.027, "layer": 0.07, "model": 0.2},
+        ("tvm", "opencl"): {"op": 0.023, "layer": 0.03, "model": 0.01},
+        ("triton", "cpu"): {"op": 0.15, "layer": 2.6, "model": 6.7}}
 DECLINED = 0.01       # a declined op is checked once, then skipped
 
 
