@@ -174,6 +174,6 @@ def test_fuzzed_cache_files(tmp_path, capfd, target, data, junk, raw):
         from portable_moe.backends.triton.tuning import TuningCache
 
         (root / "tuned.json").write_bytes(raw if data.draw(st.booleans()) else dumps({"k": junk}).encode())
-        cfg, _ = TuningCache(root).get("sm_90", "bfloat16", 4096, 7168, 3000)
+        cfg, _ = TuningCache(root).get("sm_90", "swiglu", "bfloat16", 4096, 7168, 3000)
         assert cfg.block_m > 0
     assert "Traceback" not in capfd.readouterr().err
