@@ -86,9 +86,9 @@ def balance(graph, params, device, out):
     ours = plan(loads, cluster, expert_bytes)
     took = time.perf_counter() - t0
     mine, used = ours.predicted, ours.predicted["memory"]
-    print(f"cluster 4 x H100 + 4 x MI300X, {layers} layers x {experts} experts, skewed load, same memory for both "
-          f"(ours uses {sum(used['used_bytes']) / 2**20:.0f} of {sum(used['budget_bytes']) / 2**20:.0f} MiB, "
-          f"EPLB {sum(eplb['memory']['used_bytes']) / 2**20:.0f} MiB)")
+    print(f"cluster 4 x H100 + 4 x MI300X, {layers} layers x {experts} experts, skewed load, the same memory budget "
+          f"for both: {sum(used['budget_bytes']) / 2**20:.0f} MiB (ours places {sum(used['used_bytes']) / 2**20:.0f} "
+          f"MiB of copies; EPLB's equal slots per GPU fit {sum(eplb['memory']['used_bytes']) / 2**20:.0f} MiB)")
     print(f"compute step / fluid bound: ours {step_ratio(mine):.3f}, EPLB {step_ratio(eplb):.3f}; with "
           f"communication: ours {mine['summary']['step_s'] * 1e3:.3f} ms, EPLB {eplb['summary']['step_s'] * 1e3:.3f} "
           f"ms per step (flow bound {mine['summary']['bound_step_s'] * 1e3:.3f} ms); across the vendor bridge: "

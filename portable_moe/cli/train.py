@@ -114,7 +114,8 @@ def run(args) -> int:
         return failed(result, args.time_limit)
     report = write_report(report_dir, cfg, result.all_steps(), result.ranks, resumed_at=steps_before(result),
                           notes=result.notes)
-    print(json.dumps(report, indent=1) if args.json else "\n".join(report["summary"] + [
+    saved = [f"checkpoints: {cfg.checkpoint} (the newest {checkpoint.KEEP} are kept)"] if cfg.checkpoint else []
+    print(json.dumps(report, indent=1) if args.json else "\n".join(report["summary"] + saved + [
         f"report: {report_dir / 'report.json'}, {report_dir / 'loss.png'}"]))
     return 0
 
