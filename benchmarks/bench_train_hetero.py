@@ -231,9 +231,8 @@ def island_table(measured: list[dict], n_calib: int):
 GPUS = {  # achieved dense bf16 TFLOP/s assumed (~55% of peak), memory GB
     "H100": ("nvidia", 544.0, 80), "MI300X": ("amd", 653.0, 192), "A100": ("nvidia", 172.0, 80),
     "L40S": ("nvidia", 199.0, 48)}
-CLUSTERS = {"8 H100 + 8 MI300X": (("H100", 8), ("MI300X", 8)),
-            "4 A100 + 4 H100 + 8 L40S": (("A100", 4), ("H100", 4), ("L40S", 8)),
-            "4 MI300X + 4 H100 + 8 L40S": (("MI300X", 4), ("H100", 4), ("L40S", 8))}
+CLUSTERS = ((("H100", 8), ("MI300X", 8)), (("A100", 4), ("H100", 4), ("L40S", 8)),
+            (("MI300X", 4), ("H100", 4), ("L40S", 8)))
 MODELS = {"Mixtral-8x7B": ("mixtral-8x7b", 2), "DeepSeek-V3-like": ("deepseek-v3", 1)}  # FP8 dispatch for V3
 TOKENS_PER_STEP = 1 << 22
 MEMORY_FOR_EXPERTS = 0.7
@@ -254,14 +253,14 @@ def gpu_cluster(mix, scale: int) -> balance.Cluster:
 def placements(loads, cluster, expert_bytes, thr_cluster) -> dict:
     out = {}
     for name, make in (("even", lambda: (balance.even_placement(loads, cluster, expert_bytes), "global")),
-                       ("speed-proportional", lambda: (balance.plan(loads, thr_cluster, expert_bytes, token_bytes=0),
-                                                       "global")),
+                       ("speed-proportional (compute only)",
+                        lambda: (balance.plan(loads, thr_cluster, expert_bytes, token_bytes=0), "global")),
                        ("EPLB-like", lambda: (balance.eplb_placement(loads, cluster, expert_bytes), "global")),
                        ("island-aware", lambda: island_aware(loads, thr_cluster, expert_bytes))):
         try:
             out[name] = make()
         except Exception as e:  # noqa: BLE001 - a placement that cannot exist is reported as such
-            out[name] = str(e).split(";")[0][:60]
+            out[name] = str(e).split(";")[0]
     return out
 
 
@@ -290,9 +289,10 @@ def project():
         expert_bytes = 3 * m.hidden * m.expert_ffn * 2
         loads = np.random.default_rng(0).gamma(2.0, size=(m.layers, m.experts)) + 0.05
         work = sm.workload_of(m, TOKENS_PER_STEP, 4096, act_bytes=2, dispatch_bytes=dispatch, grad_bytes=2)
-        for cname, mix in CLUSTERS.items():
+        for mix in CLUSTERS:
             for scale in (1, 4):
                 cluster = gpu_cluster(mix, scale)
+                cname = " + ".join(f"{count * scale} {model}" for model, count in mix)
                 bound = sm.fluid_bound(cluster, work)
                 for plname, got in placements(loads, cluster, expert_bytes, cluster).items():
                     head = f"| {mname} | {cname} | {cluster.num_devices} | {plname} |"
