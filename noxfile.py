@@ -1,5 +1,7 @@
-"""Sessions: `nox -s tests` (the README's test command), lint, conformance, demo, benchmarks, the Triton tests
-under each supported Triton, and `nox -s gpu` (the GPU check, on a machine whose Python has a CUDA torch)."""
+"""Sessions: `nox -s tests` (the README's test command: everything but the tests marked slow), `nox -s slow`
+(the slow rest: long conformance and integration runs), lint, conformance, demo, benchmarks, the Triton
+tests under each supported Triton, and `nox -s gpu` (the GPU check, on a machine whose Python has a CUDA
+torch)."""
 
 import nox
 
@@ -16,12 +18,22 @@ def install(session):
     session.install(".[dev]")
 
 
+def pytest(session, marker: str):
+    install(session)
+    session.run("pytest", "-q", "-rs", "-m", marker, "--durations=15", *session.posargs,
+                env={"PORTABLE_MOE_CACHE_DIR": str(session.create_tmp() + "/cache")})
+
+
 @nox.session
 def tests(session):
-    """Unit, integration and quick conformance tests (about 10 minutes on 2 cores)."""
-    install(session)
-    session.run("pytest", "-q", "-rs", "--durations=15", *session.posargs, env={"PORTABLE_MOE_CACHE_DIR": str(
-        session.create_tmp() + "/cache")})
+    """Unit, integration and quick conformance tests, all but those marked slow (under 10 minutes on 2 cores)."""
+    pytest(session, "not slow")
+
+
+@nox.session
+def slow(session):
+    """The tests marked slow: long conformance and integration runs (CI runs them after `tests`)."""
+    pytest(session, "slow")
 
 
 @nox.session

@@ -112,7 +112,7 @@ INDEX_OPERANDS = {
 def index_inputs(graph: Graph) -> list[tuple[str, Node, int | str]]:
     """(graph input, the node it indexes into, the exclusive upper bound) for each index-valued input."""
     inputs = {v.name for v in graph.inputs}
-    types = {k: v.type for k, v in graph.values().items()}
+    types = graph.types()
     out = []
     for node in graph.nodes:
         if node.op in INDEX_OPERANDS:

@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "onnx"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from torch_moe import TorchMoE, export_torch_moe  # noqa: E402
 
 from portable_moe.backends.devices import cpu_name  # noqa: E402

@@ -1,4 +1,4 @@
-"""Timing one MoE layer's forward across backends, side by side in one run with two torch eager
+"""Timing one MoE layer's forward across backends, side by side (interleaved) in one run with two torch eager
 baselines on the same device (written independently of the reference backend) and the device's
 measured dense matmul rate, with a correctness guard against the eager result.
 
@@ -25,7 +25,7 @@ from ..registry import BackendUnavailable
 from ..runtime.compile import options_for
 from ..runtime.partition import partition
 from .eager import EAGER, eager_loop
-from .timer import synchronize, time_ms
+from .timer import side_by_side_ms, synchronize
 
 
 class BenchError(PortableMoeError):
@@ -103,9 +103,9 @@ def parse_layer_shape(text: str) -> tuple[int, int, int, int]:
     return values
 
 
-def matmul_gflops(case: Case, device: Device, repeat: int) -> float:
-    """The layer's expert FLOPs as two dense matmuls ([R,H]x[H,2F], [R,F]x[F,H]): the rate a perfect
-    grouped GEMM would reach on this device."""
+def dense_matmuls(case: Case, device: Device) -> Callable[[], object]:
+    """The layer's expert FLOPs as two dense matmuls ([R,H]x[H,2F], [R,F]x[F,H]), to time: the rate a
+    perfect grouped GEMM would reach on this device."""
     c, dt = case.cfg, TORCH_DTYPES[case.cfg.dtype]
     g = torch.Generator().manual_seed(1)
     rows = case.tokens * c.top_k
@@ -113,8 +113,7 @@ def matmul_gflops(case: Case, device: Device, repeat: int) -> float:
     b = torch.randn(c.hidden, 2 * c.expert_ffn, generator=g).to(device.torch_device, dt)
     h = torch.randn(rows, c.expert_ffn, generator=g).to(device.torch_device, dt)
     d = torch.randn(c.expert_ffn, c.hidden, generator=g).to(device.torch_device, dt)
-    ms = statistics.median(time_ms(lambda: (a @ b, h @ d), repeat, device))
-    return case.flops / ms / 1e6
+    return lambda: (a @ b, h @ d)
 
 
 def backend_forward(backend: Backend, graph, params: dict, device: Device) -> tuple[Callable, str]:
@@ -148,29 +147,43 @@ def finish(row: Row, out: torch.Tensor | None, expected: torch.Tensor, flops: in
         row.gflops = flops / row.median_ms / 1e6
 
 
+MATMUL = "dense matmul"
+
+
 def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | BackendUnavailable]], repeat: int,
                params: dict | None = None, progress=print) -> ShapeResult:
+    """Every variant compiled and checked first, then timed side by side (interleaved rounds), so that all
+    of them, and the dense matmul rate, see the same machine load."""
     graph = build_moe_layer(case.cfg)
     params = {k: v.to(device.torch_device) for k, v in (params or init_params(graph, seed=0)).items()}
     dt = TORCH_DTYPES[case.cfg.dtype]
     x_TH = torch.randn(case.tokens, case.cfg.hidden, generator=torch.Generator().manual_seed(2)).to(
         device.torch_device, dt)
     tol = TOLERANCE.get(case.cfg.dtype, 5e-2)
-    rows = []
+    rows, calls, outs = [], {}, {}
     with torch.no_grad():
         expected = eager_loop(case.cfg, params, x_TH)
         for name, fn in EAGER.items():
-            row = Row(name, "eager", times_ms=time_ms(lambda fn=fn: fn(case.cfg, params, x_TH), repeat, device))
-            finish(row, fn(case.cfg, params, x_TH), expected, case.flops, tol)
-            rows.append(row)
-            progress(f"[{case.label}] {name}: {row.median_ms:.2f} ms")
+            rows.append(Row(name, "eager"))
+            calls[name] = lambda fn=fn: fn(case.cfg, params, x_TH)
+            outs[name] = calls[name]()
         for name, backend in backends:
-            rows.append(bench_backend(name, backend, case, graph, params, x_TH, expected, device, repeat, tol))
-            r = rows[-1]
-            progress(f"[{case.label}] {name}: " + (f"compile {r.compile_s:.2f} s, {r.median_ms:.2f} ms"
-                                                    if r.status == "ran" else r.status))
-        rate = matmul_gflops(case, device, repeat)
-    progress(f"[{case.label}] dense matmul: {rate:.1f} GFLOP/s")
+            row, call, outs[name] = prepare_backend(name, backend, graph, params, x_TH, device)
+            rows.append(row)
+            if call is None:
+                progress(f"[{case.label}] {name}: {row.status}")
+            else:
+                calls[name] = call
+        calls[MATMUL] = dense_matmuls(case, device)
+        times = side_by_side_ms(calls, repeat, device)
+    rate = case.flops / statistics.median(times.pop(MATMUL)) / 1e6
+    for row in rows:
+        if row.name in times and row.status == "ran":
+            row.times_ms = times[row.name]
+            finish(row, outs[row.name], expected, case.flops, tol)
+            progress(f"[{case.label}] {row.name}: " + (f"compile {row.compile_s:.2f} s, " if row.compile_s else "")
+                     + f"{row.median_ms:.2f} ms")
+    progress(f"[{case.label}] {MATMUL}: {rate:.1f} GFLOP/s")
     best_eager = min(r.median_ms for r in rows if r.kind == "eager")
     for r in rows:
         if r.median_ms:
@@ -180,26 +193,38 @@ def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | B
     return ShapeResult(case.label, shape, case.flops, rate, rows, tol)
 
 
-def bench_backend(name, backend, case, graph, params, x_TH, expected, device, repeat, tol) -> Row:
+def failure(e: Exception) -> str:
+    return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def prepare_backend(name, backend, graph, params, x_TH, device) -> tuple[Row, Callable | None, torch.Tensor | None]:
+    """(row, the call to time or None when it cannot run, its first output): compiled, run once (some
+    backends build their session on the first call: that counts as compile)."""
     row = Row(name, "backend")
     if isinstance(backend, BackendUnavailable):
         row.status = f"unavailable: {backend.reason}"
-        return row
+        return row, None, None
     reason = "compiles only, never executes" if not backend.executes else backend.availability(device)
     if reason:
         row.status = f"unavailable: {reason}"
-        return row
+        return row, None, None
     try:
         t0 = time.perf_counter()
         forward, row.placement = backend_forward(backend, graph, params, device)
-        first = forward(x_TH)          # some backends build their session on the first call: count it as compile
+        first = forward(x_TH)
         synchronize(device)
         row.compile_s = time.perf_counter() - t0
-        row.times_ms = time_ms(lambda: forward(x_TH), repeat, device, warm_up=False)
-        finish(row, first, expected, case.flops, tol)
     except Exception as e:  # noqa: BLE001 - one backend's crash is a finding in the table, not the end of the run
-        row.status, row.times_ms = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", []
-    return row
+        row.status = failure(e)
+        return row, None, None
+
+    def call():
+        if row.status == "ran":
+            try:
+                forward(x_TH)
+            except Exception as e:  # noqa: BLE001 - as above
+                row.status = failure(e)
+    return row, call, first
 
 
 def choose_backends(requested: list[str] | None,

@@ -5,6 +5,8 @@ import pytest
 
 from portable_moe.conformance.runner import run_suite
 
+pytestmark = pytest.mark.slow       # the whole suite on the reference: `nox -s slow`
+
 MOE = ["router", "dispatch", "grouped_matmul", "swiglu", "combine"]
 
 

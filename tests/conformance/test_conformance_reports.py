@@ -98,6 +98,7 @@ def test_cli_exit_status_tells_the_truth(tmp_path, monkeypatch, capsys):
     assert "FAIL faulty-one-short cpu float32 combine/" in text and "[written]" in text and "reproduce:" in text
 
 
+@pytest.mark.slow
 def test_pytest_plugin_runs_the_suite_as_tests(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path),
                            "--conformance=reference", "--conformance-op=swiglu", "--conformance-dtype=float32"],

@@ -3,9 +3,12 @@ running the IR graph on the reference backend (fp32 conformance tolerance rtol 1
 
 from __future__ import annotations
 
+import pytest
 from train_jobs import check_against_reference, ok, run_job
 
 from portable_moe.train import TrainConfig
+
+pytestmark = pytest.mark.slow       # multi-process training runs: `nox -s slow`
 
 
 def test_two_backends_even_placement_match_reference(tmp_path):

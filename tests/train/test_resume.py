@@ -14,6 +14,8 @@ from train_jobs import ok, run_job
 
 from portable_moe.train import TrainConfig, checkpoint
 
+pytestmark = pytest.mark.slow       # multi-process training runs: `nox -s slow`
+
 BASE = TrainConfig(devices=("cpu", "cpu"), backends=("reference", "reference"), steps=8, batch=6, seq=8,
                    speeds=(1.0, 0.5), checkpoint_every=3)
 

@@ -106,6 +106,7 @@ def forbid_reference_fallback(monkeypatch) -> dict:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,dtype", [("debug", "float32"), ("debug", "float16"), ("debug-deepseek", "float32")])
 def test_layer_gradients_through_compile_match_float64_reference(name, dtype, monkeypatch):
     graph = build_moe_layer(preset(name).with_(dtype=dtype, shared_ffn=0))

@@ -103,6 +103,7 @@ def test_attention_and_cross_entropy_on_opencl(backend, cache_dir):
     assert_matches(backend.compile(ce, devices[0], options).run(x, {}), reference64(ce, x, {}))
 
 
+@pytest.mark.slow
 def test_debug_model_runs_on_tvm_alone_with_gradients(cache_dir):
     cfg = preset("debug")
     graph = build_model(cfg, with_loss=True)

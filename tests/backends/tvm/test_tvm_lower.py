@@ -34,6 +34,7 @@ def stages(manifest):
     return {s for k in manifest["kernels"] for s in k["artifacts"]}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 def test_cuda_ptx_assembles_with_ptxas(backend, graph, tmp_path):
     out, manifest = lower(backend, graph, "cuda:sm_90", tmp_path)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from torch_moe import TorchMoE, export_torch_moe  # noqa: E402
+from torch_moe import TorchMoE, export_torch_moe
 
 
 @pytest.fixture(scope="session")
