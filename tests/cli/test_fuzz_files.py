@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_mutation import mutate, paths
 
 from portable_moe.backends.cache import DIGEST_SUFFIX, Store
 from portable_moe.backends.devices import cpu_device
@@ -54,31 +55,6 @@ def cli(argv: list[str], capfd) -> tuple[int, str]:
         lines = [line for line in err.splitlines() if "error:" in line]
         assert result["code"] == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     return result["code"], err
-
-
-def paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from paths(v, prefix + (i,))
-
-
-def mutate(obj, path, action, junk):
-    if not path:
-        return junk
-    parent = obj
-    for p in path[:-1]:
-        parent = parent[p]
-    if action == "replace":
-        parent[path[-1]] = junk
-    elif action == "delete":
-        del parent[path[-1]]
-    elif isinstance(parent, list):
-        parent.insert(path[-1], json.loads(json.dumps(parent[path[-1]])))
-    return obj
 
 
 def dumps(obj) -> str:

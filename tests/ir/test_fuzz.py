@@ -4,6 +4,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_mutation import mutate, paths
 
 from portable_moe.ir import IRError, from_json, to_dict
 from portable_moe.models import build_model, build_moe_layer, preset
@@ -16,32 +17,6 @@ JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(all
                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
-def paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from paths(v, prefix + (i,))
-
-
-def apply(obj, path, action, junk):
-    if not path:
-        return junk
-    parent = obj
-    for p in path[:-1]:
-        parent = parent[p]
-    key = path[-1]
-    if action == "replace":
-        parent[key] = junk
-    elif action == "delete":
-        del parent[key]
-    elif action == "duplicate" and isinstance(parent, list):
-        parent.insert(key, json.loads(json.dumps(parent[key])))
-    return obj
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from(range(len(BASES))), data=st.data(),
        action=st.sampled_from(["replace", "delete", "duplicate"]), junk=JUNK)
@@ -49,7 +24,7 @@ def test_only_irerror_escapes(base, data, action, junk):
     obj = json.loads(json.dumps(BASES[base]))
     all_paths = list(paths(obj))
     path = data.draw(st.sampled_from(all_paths))
-    mutated = apply(obj, path, action, junk)
+    mutated = mutate(obj, path, action, junk)
     try:
         text = json.dumps(mutated)
     except ValueError:
