@@ -83,28 +83,30 @@ class TVMBackend(Backend):
             raise BackendError(reason)
         self.require_supported(graph, device)
         from .executable import TVMExecutable
-        from .kernels.gemm import CpuTile
         from .plan import plan
         from .tuning import tile_for
 
         opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
-        steps = plan(graph, lambda *a: tile_for(*a, opts) if device.kind == "cpu" else (CpuTile(), "n/a"))
+        steps = plan(graph, lambda *a: tile_for(*a, opts, device.kind))
         return TVMExecutable(graph, device, steps, opts.cache_root(self.name), opts.threads)
 
     def schedule(self, device: Device) -> str | None:
-        """Whether the CPU kernels are tuned for this CPU, and from where."""
-        if device.kind != "cpu":
-            return "GPU-style schedule (thread blocks, shared memory), not tuned per device" \
-                if device.kind == "opencl" else None
+        """Whether the GEMM tiles are tuned for this CPU or OpenCL device, and from where."""
+        if device.kind not in ("cpu", "opencl"):
+            return None
         from .env import TVM_VERSION
-        from .tuning import SHIPPED, host, local_table, read_table
+        from .tuning import SHIPPED, device_name, host, local_table, read_table
 
         def knows(path):
-            return any(k.split("|")[:2] == [TVM_VERSION, host().cpu] for k in read_table(path))
+            return any(k.split("|")[:2] == [TVM_VERSION, device_name(device.kind)] for k in read_table(path, dict))
 
-        how = "shipped table" if knows(SHIPPED) else "tuned here (first use)" if knows(local_table(TVMOptions())) \
-            else "not tuned for it yet: tuned on first use of a large GEMM (tune_seconds), else the register model"
-        return f"CPU tiles for {host().describe()}: {how}"
+        fallback = "the register model" if device.kind == "cpu" else "16x16 tiles"
+        how = "shipped table" if device.kind == "cpu" and knows(SHIPPED) else "tuned here (first use)" \
+            if knows(local_table(TVMOptions(), device.kind)) else \
+            f"not tuned for it yet: tuned on first use of a large GEMM (tune_seconds), else {fallback}"
+        if device.kind == "cpu":
+            return f"CPU tiles for {host().describe()}: {how}"
+        return f"GPU-style tiles (work-groups, shared memory) for {device_name('opencl')}: {how}"
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
         self.check_target(target)

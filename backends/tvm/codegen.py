@@ -18,7 +18,7 @@ from ..base import BackendError, write_manifest
 from ..cache import safe_name
 from .env import TVM_VERSION, cpu_target, host_cpu, rocm_bitcode, tvm
 from .executable import entry_key, module_of, store
-from .kernels.gemm import CpuTile
+from .kernels.gemm import GpuTile
 from .plan import Step, plan
 from .tuning import tile_for
 
@@ -177,7 +177,7 @@ def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options)
     if target_name.startswith("rocm"):
         capture_rocm_link()
     kernels = []
-    tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (CpuTile(), "n/a"))
+    tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (GpuTile(), "n/a"))
     steps = plan(graph, tiles, skip={s["node"] for s in skipped})
     progress = Progress(f"tvm {target_name}", len(steps))
     try:

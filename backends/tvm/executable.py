@@ -121,6 +121,22 @@ class OpenCLCall:
         return w.detach().float().reshape(E, *w.shape[-2:]).contiguous()
 
 
+def opencl_call_of(step: Step, target, cached=None) -> OpenCLCall:
+    """The step's kernels as OpenCL C, built for the device; cached(source) -> text goes through the
+    compile cache (source() compiles), without it they are compiled now."""
+    mod = module_of(step, True, target)
+
+    def source() -> str:
+        return tvm.compile(mod, target=target).mod.imports[0].inspect_source()
+
+    text = cached(source) if cached else source()
+    return OpenCLCall(step, opencl_runtime.build(text), {g.name_hint: mod[g] for g in mod.get_global_vars()})
+
+
+def tile_text(tile: dict) -> str:
+    return f"{tile['edge']}x{tile['edge']}" if "edge" in tile else f"{tile['MT']}x{tile['NB']}x{tile['NC']}"
+
+
 class TVMExecutable(Executable):
     differentiable = False
 
@@ -146,17 +162,16 @@ class TVMExecutable(Executable):
         return CpuCall(tvm.runtime.load_module(str(entry.path / "lib.so")), self.packed)
 
     def opencl_call(self, step: Step, cache_dir: Path) -> OpenCLCall:
-        mod = module_of(step, True, self.target)
+        def cached(source) -> str:
+            def build(folder: Path) -> dict:
+                (folder / "kernels.cl").write_text(source())
+                return {}
+            return store(cache_dir).fetch(entry_key(step.spec, str(self.target)), build).read("kernels.cl").decode()
 
-        def build(folder: Path) -> dict:
-            (folder / "kernels.cl").write_text(tvm.compile(mod, target=self.target).mod.imports[0].inspect_source())
-            return {}
-
-        source = store(cache_dir).fetch(entry_key(step.spec, str(self.target)), build).read("kernels.cl").decode()
-        return OpenCLCall(step, opencl_runtime.build(source), {g.name_hint: mod[g] for g in mod.get_global_vars()})
+        return opencl_call_of(step, self.target, cached)
 
     def placement(self) -> dict[str, str]:
-        """node -> how it ran (fused steps name their partner; tuned or default CPU tiles)."""
+        """node -> how it ran (fused steps name their partner; where the GEMM's tile came from)."""
         out = {}
         for s in self.steps:
             for n in s.nodes:
@@ -166,9 +181,10 @@ class TVMExecutable(Executable):
 
     @property
     def notes(self) -> list[str]:
-        """For why(): where each GEMM's CPU tile came from."""
-        return [f"{s.nodes[0].name}: tile {s.spec['tile']['MT']}x{s.spec['tile']['NB']}x{s.spec['tile']['NC']} "
-                f"({s.tuning}, {host_cpu()})" for s in self.steps if s.tuning != "n/a"]
+        """For why(): where each GEMM's tile came from."""
+        where = host_cpu() if self.device.kind == "cpu" else self.device.name
+        return [f"{s.nodes[0].name}: tile {tile_text(s.spec['tile'])} ({s.tuning}, {where})"
+                for s in self.steps if s.tuning != "n/a"]
 
     def run(self, inputs: Mapping, params: Mapping) -> list:
         if self.device.kind == "cpu":

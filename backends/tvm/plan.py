@@ -20,7 +20,7 @@ from .kernels import dense
 from .kernels import gemm as gemm_kernels
 from .kernels import moe as moe_kernels
 from .kernels.attention import attention_step
-from .kernels.gemm import BM, BN, CpuTile
+from .kernels.gemm import CpuTile, GpuTile
 from .kernels.loss import cross_entropy_step
 
 
@@ -51,27 +51,31 @@ def check_offsets(offsets: torch.Tensor, rows: int, experts: int, where: str):
                       "experts", node=where, op="grouped_matmul")
 
 
-def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile, tuning: str,
+def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile | GpuTile, tuning: str,
              swiglu: bool, bias: bool) -> Step:
+    """tile: a CpuTile for the CPU kernel, a GpuTile for the GPU one (the plan is made for one of them)."""
     F = N // 2 if swiglu else N
-    fitted = tile.fit(F)
+    gpu_tile = isinstance(tile, GpuTile)
+    nb = 0 if gpu_tile else tile.fit(F).NB
 
     def kernels(gpu, target):
-        return {"gmm": gemm_kernels.gmm_gpu(E, N, K, swiglu) if gpu else gemm_kernels.gmm_cpu(E, N, K, tile, swiglu)}
+        make = gemm_kernels.gmm_gpu if gpu else gemm_kernels.gmm_cpu
+        return {"gmm": make(E, N, K, tile, swiglu)}
 
     def run(call, x, w, offsets, b=None):
         x2 = flat(x).contiguous()
         check_offsets(offsets, x2.shape[0], E, nodes[0].name)
         y = torch.empty(x2.shape[0], F, dtype=torch.float32)
-        call("gmm", x2, call.weight(w, E, fitted.NB), offsets, zeros(N) if b is None else b, y)
+        call("gmm", x2, call.weight(w, E, nb), offsets, zeros(N) if b is None else b, y)
         return [y.reshape(*x.shape[:-1], F)]
 
-    launch = {"gmm": lambda s: ((s["R"] // BM + E, (F + BN - 1) // BN), (BN, BM))}
+    edge = tile.edge if gpu_tile else 0
+    launch = {"gmm": lambda s: ((s["R"] // edge + E, (F + edge - 1) // edge), (edge, edge))} if gpu_tile else {}
     spec = {"op": op, "E": E, "N": N, "K": K, "swiglu": swiglu, "bias": bias, "tile": tile.__dict__}
     return Step(op, nodes, spec, kernels, run, launch, tuning)
 
 
-def linear_step(node: Node, N: int, K: int, tile: CpuTile, tuning: str) -> Step:
+def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str) -> Step:
     """linear is the grouped GEMM with one expert and one segment of all the tokens."""
     step = gmm_step("linear", [node], 1, N, K, tile, tuning, False, len(node.inputs) > 2 and node.inputs[2] is not None)
     gmm_run = step.run
@@ -88,7 +92,7 @@ def threads(n):
     return ((n + moe_kernels.THREADS - 1) // moe_kernels.THREADS,), (moe_kernels.THREADS,)
 
 
-def router_step(node: Node, H: int, E: int, tile: CpuTile) -> Step:
+def router_step(node: Node, H: int, E: int, tile: CpuTile | GpuTile) -> Step:
     a = node.attrs
     K = a["top_k"]
     logits_step = linear_step(node, E, H, tile, "n/a")
@@ -186,10 +190,11 @@ def dense_step(node: Node, types: dict) -> Step:
     return Step(node.op, [node], spec, kernels, run)
 
 
-def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile, str]], skip=frozenset()) -> list[Step]:
+def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | GpuTile, str]],
+         skip=frozenset()) -> list[Step]:
     """One step per node (except those named in skip); grouped_matmul feeding only a swiglu runs as one
-    kernel with the SwiGLU epilogue. tile_for(op, E, N, K, swiglu) gives the CPU tile and where it came
-    from (tuning.tile_for)."""
+    kernel with the SwiGLU epilogue. tile_for(op, E, N, K, swiglu) gives the CPU or GPU tile and where it
+    came from (tuning.tile_for)."""
     types = graph.types()
     epilogues = swiglu_epilogues(graph)
     fused: set[str] = set(skip)

@@ -1,11 +1,13 @@
-"""CPU tiles for the grouped GEMM (kernels.gemm.CpuTile), taken from the first of:
+"""Tiles for the grouped GEMM: CPU tiles (kernels.gemm.CpuTile) and, on an OpenCL device, the GPU
+kernel's tile (GpuTile), taken from the first of:
 
-1. the shipped table (tuned/cpu.json) and this machine's own results (tuned-cpu.json in the cache
-   dir), keyed by TVM version, CPU (LLVM's name) and shape bucket;
-2. a short tuning pass now, for a large GEMM on a CPU neither knows: a handful of candidate tiles,
+1. the shipped table (tuned/cpu.json, CPU only) and this machine's own results (tuned-<kind>.json in
+   the cache dir), keyed by TVM version, device (LLVM's CPU name or the OpenCL device's) and shape bucket;
+2. a short tuning pass now, for a large GEMM on a device neither knows: a handful of candidate tiles,
    bounded by Options.tune_seconds, progress on stderr; the winner is saved as in 1;
-3. the register model: LLVM's vector width and register count for this CPU give MT x NB accumulators
-   that fill the registers, and L2's size gives NC weight panels that fit half of it.
+3. the default: on the CPU the register model (LLVM's vector width and register count for this CPU give
+   MT x NB accumulators that fill the registers, and L2's size gives NC weight panels that fit half of
+   it); on OpenCL a 16 x 16 tile.
 
 Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features, R rows."""
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .env import TVM_VERSION, cpu_target, host_cpu, tvm
-from .kernels.gemm import CpuTile, gmm_cpu
+from .kernels.gemm import CpuTile, GpuTile, gmm_cpu
 
 SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
 TUNE_FROM = 1 << 20             # N * K: smaller GEMMs run the model's tile (tuning would cost more than it saves)
@@ -60,10 +62,23 @@ def l2_size() -> int:
     return 1 << 20
 
 
-def shape_key(op: str, N: int, K: int, swiglu: bool) -> str:
+@cache
+def opencl_device() -> tuple[str, int]:
+    """The OpenCL device the backend runs on: its name and largest work-group."""
+    from .opencl_runtime import context
+
+    device = context()[2]
+    return device.name.strip(), device.max_work_group_size
+
+
+def device_name(kind: str) -> str:
+    return host().cpu if kind == "cpu" else opencl_device()[0]
+
+
+def shape_key(op: str, N: int, K: int, swiglu: bool, kind: str = "cpu") -> str:
     def bucket(n):
         return 1 << (n - 1).bit_length()
-    return f"{TVM_VERSION}|{host().cpu}|{op}{'+swiglu' if swiglu else ''}|n{bucket(N)}|k{bucket(K)}"
+    return f"{TVM_VERSION}|{device_name(kind)}|{op}{'+swiglu' if swiglu else ''}|n{bucket(N)}|k{bucket(K)}"
 
 
 def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
@@ -86,19 +101,24 @@ def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
             *tiles[1:3], CpuTile(max(2, best.MT - 4), best.NB, best.NC)]
 
 
-def local_table(options) -> Path:
-    return options.cache_root("tvm") / "tuned-cpu.json"
+def gpu_candidates() -> list[GpuTile]:
+    """Square tiles the device's work-groups can hold, the default (16) first."""
+    return [GpuTile(e) for e in (16, 32, 8) if e * e <= opencl_device()[1]]
 
 
-def read_table(path: Path) -> dict:
+def local_table(options, kind: str = "cpu") -> Path:
+    return options.cache_root("tvm") / f"tuned-{kind}.json"
+
+
+def read_table(path: Path, tile_type: type = CpuTile) -> dict:
     try:
         data = json.loads(path.read_text())
-        return {k: CpuTile(**v["tile"]) for k, v in data["entries"].items()}
+        return {k: tile_type(**v["tile"]) for k, v in data["entries"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}          # missing or damaged: tuned again, and rewritten
 
 
-def save(path: Path, key: str, tile: CpuTile, gflops: float):
+def save(path: Path, key: str, tile: CpuTile | GpuTile, gflops: float):
     try:
         data = json.loads(path.read_text()) if path.exists() else {}
         entries = data.get("entries", {}) if isinstance(data, dict) else {}
@@ -127,14 +147,41 @@ def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile):
     return seconds
 
 
-def tune(E: int, N: int, K: int, swiglu: bool, budget: float, rounds: int = 3) -> tuple[CpuTile, float]:
+def opencl_runner(E: int, N: int, K: int, swiglu: bool, tile: GpuTile):
+    """The GPU kernel with one tile, built for the OpenCL device and called as the executable calls it, on
+    256 rows of random data over at most 4 experts (a GEMM that keeps PoCL busy ~1 s): times one call."""
+    from .executable import opencl_call_of
+    from .plan import gmm_step
+
+    step = gmm_step("grouped_matmul", [], E, N, K, tile, "n/a", swiglu, False)
+    call = opencl_call_of(step, opencl_target())
+    busy = min(E, 4)
+    offsets = torch.cat([torch.linspace(0, 256, busy + 1).round().long(), torch.full((E - busy,), 256)])
+    tensors = (torch.randn(256, K), torch.randn(E, N, K), offsets, torch.zeros(N),
+               torch.empty(256, N // 2 if swiglu else N))
+    call("gmm", *tensors)
+
+    def seconds() -> float:
+        t0 = time.perf_counter()
+        call("gmm", *tensors)
+        return time.perf_counter() - t0
+    return seconds
+
+
+def opencl_target():
+    return tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
+
+
+def tune(E: int, N: int, K: int, swiglu: bool, budget: float, kind: str = "cpu",
+         rounds: int = 3) -> tuple[CpuTile | GpuTile, float]:
     """Compiles candidates while half the budget lasts, then times them in turns (best of `rounds`), so
     load from other processes falls on every candidate alike."""
     start, built = time.perf_counter(), []
-    tiles = list(dict.fromkeys(candidates(N, K, swiglu)))
-    label = f"grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {host().cpu}"
+    cpu = kind == "cpu"
+    tiles = list(dict.fromkeys(candidates(N, K, swiglu) if cpu else gpu_candidates()))
+    label = f"grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {device_name(kind)}"
     for i, tile in enumerate(tiles):
-        built.append((tile, runner(E, N, K, swiglu, tile)))
+        built.append((tile, (runner if cpu else opencl_runner)(E, N, K, swiglu, tile)))
         spent = time.perf_counter() - start
         print(f"tvm: tuning {label}: compiled {i + 1}/{len(tiles)} tiles, {spent:.0f} s", file=sys.stderr, flush=True)
         if spent > budget / 2:
@@ -144,22 +191,25 @@ def tune(E: int, N: int, K: int, swiglu: bool, budget: float, rounds: int = 3) -
         for tile, run in built:
             best[tile] = min(best[tile], run())
     tile = min(best, key=best.get)
-    gflops = 2 * 256 * E * N * K / best[tile] / 1e9
-    print(f"tvm: tuned {label}: tile {tile.MT}x{tile.NB}x{tile.NC}, {gflops:.0f} GFLOP/s, "
+    gflops = 2 * 256 * (E if cpu else 1) * N * K / best[tile] / 1e9
+    print(f"tvm: tuned {label}: tile {tile.describe()}, {gflops:.1f} GFLOP/s, "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return tile, gflops
 
 
-def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options) -> tuple[CpuTile, str]:
-    """The tile for one GEMM and where it came from: 'shipped table', 'tuned here', 'register model'."""
-    key = shape_key(op, N, K, swiglu)
+def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
+             kind: str = "cpu") -> tuple[CpuTile | GpuTile, str]:
+    """The tile for one GEMM on a 'cpu' or 'opencl' device and where it came from: 'shipped table',
+    'tuned here', else 'register model' (CPU) or 'default' (OpenCL)."""
+    cpu = kind == "cpu"
     if options.use_tuned:
-        local = local_table(options)
-        for source, table in (("shipped table", read_table(SHIPPED)), ("tuned here", read_table(local))):
+        key, local = shape_key(op, N, K, swiglu, kind), local_table(options, kind)
+        tables = (("shipped table", read_table(SHIPPED)),) if cpu else ()
+        for source, table in (*tables, ("tuned here", read_table(local, CpuTile if cpu else GpuTile))):
             if key in table:
                 return table[key], source
         if options.tune_seconds > 0 and N * K >= TUNE_FROM:
-            tile, gflops = tune(E, N, K, swiglu, options.tune_seconds)
+            tile, gflops = tune(E, N, K, swiglu, options.tune_seconds, kind)
             save(local, key, tile, gflops)
             return tile, "tuned here"
-    return candidates(N, K, swiglu)[0], "register model"
+    return (candidates(N, K, swiglu)[0], "register model") if cpu else (GpuTile(), "default")

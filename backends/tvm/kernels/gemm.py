@@ -32,6 +32,20 @@ class CpuTile:
         nc = next(c for c in (self.NC, 8, 4, 2, 1) if c <= self.NC and (n // nb) % c == 0)
         return CpuTile(self.MT, nb, nc)
 
+    def describe(self) -> str:
+        return f"{self.MT}x{self.NB}x{self.NC}"
+
+
+@dataclass(frozen=True)
+class GpuTile:
+    """The GPU kernel's square tile: edge x edge output elements per work-group (one per thread), K
+    staged edge at a time through shared memory."""
+
+    edge: int = 16
+
+    def describe(self) -> str:
+        return f"{self.edge}x{self.edge}"
+
 
 def gmm_cpu(E: int, N: int, K: int, tile: CpuTile, swiglu: bool = False):
     """y = x @ w[e] (+ bias) per segment; with swiglu, y[:, f] = silu(g) * u for columns f, F + f of w.
@@ -89,13 +103,11 @@ def gmm_cpu(E: int, N: int, K: int, tile: CpuTile, swiglu: bool = False):
     return gmm
 
 
-BM, BN, BK = 16, 16, 16
-
-
-def gmm_gpu(E: int, N: int, K: int, swiglu: bool = False):
+def gmm_gpu(E: int, N: int, K: int, tile: GpuTile, swiglu: bool = False):
     """Grid: (R // BM + E) row tiles x ceil(F / BN) column tiles; blocks past the last tile do nothing.
-    Weight in its IR layout [E, N, K]."""
+    Weight in its IR layout [E, N, K]. Threads load the shared tiles by (ty, tx), so BM = BN = BK."""
     F = N // 2 if swiglu else N
+    BM = BN = BK = tile.edge
     KT = (K + BK - 1) // BK
 
     @T.macro
