@@ -190,9 +190,11 @@ def tune(E: int, N: int, K: int, swiglu: bool, budget: float, kind: str = "cpu",
     for _ in range(rounds):
         for tile, run in built:
             best[tile] = min(best[tile], run())
-    tile = min(best, key=best.get)
-    gflops = 2 * 256 * (E if cpu else 1) * N * K / best[tile] / 1e9
-    print(f"tvm: tuned {label}: tile {tile.describe()}, {gflops:.1f} GFLOP/s, "
+    rate = {t: 2 * 256 * (E if cpu else 1) * N * K / s / 1e9 for t, s in best.items()}
+    tile = max(rate, key=rate.get)
+    gflops = rate[tile]
+    others = ", ".join(f"{t.describe()} {r:.1f}" for t, r in rate.items() if t != tile)
+    print(f"tvm: tuned {label}: tile {tile.describe()}, {gflops:.1f} GFLOP/s{f' ({others})' if others else ''}, "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return tile, gflops
 
