@@ -22,11 +22,13 @@ def summarize(steps: list[dict], ranks: list[dict], resumed_at: int = 0) -> list
              f"throughput {sorted(tps)[len(tps) // 2]:.0f} tokens/s (median, first step of this run excluded)",
              f"rank load imbalance (max/mean of rows/speed) last step {steps[-1]['imbalance']:.2f}",
              f"re-plan moved {sum(s.get('moved_bytes', 0) for s in steps) / 1e6:.3f} MB of expert weights"]
-    if steps[-1].get("routing"):
-        last = steps[-1]
+    last = steps[-1]
+    if last.get("hierarchical_all_reduces"):          # several islands: what crossed the bridge
         lines.append(f"{last['routing']} routing: {last['bridge_bytes'] / 1e6:.3f} MB over the bridge, "
                      f"{last['island_bytes'] / 1e6:.3f} MB inside islands per step; "
                      f"{last['hierarchical_all_reduces']} hierarchical all-reduces")
+    elif "island_bytes" in last:                       # one island: no bridge to speak of
+        lines.append(f"one island: {last['island_bytes'] / 1e6:.3f} MB between ranks per step")
     for r in sorted(ranks, key=lambda r: r["rank"]):
         why = f" (fell back: {r['fallback_reason']})" if r.get("fallback_reason") else ""
         lines.append(f"rank {r['rank']}: experts on {r['backend']}{why}, {r['experts_hosted']} experts hosted")

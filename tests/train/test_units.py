@@ -97,3 +97,15 @@ def test_console_and_report_count_steps_alike_and_a_resumed_report_keeps_the_ear
     assert report["summary"][0] == "loss 4.9000 -> 4.2000 over steps 1-8 (resumed after step 6)"
     assert report["summary"][1].startswith("throughput 100 tokens/s"), "only this run's steps count"
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_summary_speaks_of_a_bridge_only_when_there_are_islands():
+    from portable_moe.train.report import summarize
+
+    step = {"step": 1, "loss": 5.0, "tokens_per_s": 10.0, "imbalance": 1.0, "routing": "island",
+            "bridge_bytes": 0.0, "island_bytes": 2e6, "hierarchical_all_reduces": 0}
+    one = summarize([step], [])
+    assert "one island: 2.000 MB between ranks per step" in one and not any("bridge" in line for line in one)
+    two = summarize([step | {"bridge_bytes": 1e6, "hierarchical_all_reduces": 4}], [])
+    assert "island routing: 1.000 MB over the bridge, 2.000 MB inside islands per step; 4 hierarchical " \
+           "all-reduces" in two
