@@ -67,9 +67,7 @@ def main():
                        batch=args.per_rank_batch * n, seq=args.seq, slowdown=args.slowdown, z_loss=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = work / "model.json"
-        model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
-                                     "head_dim": args.hidden // 4}))
+        model = model_file(args, work)
         base = base.with_(model=str(model))
         alone = []
         for r, s in enumerate(speeds):
@@ -147,6 +145,20 @@ def config_of(r: dict) -> TrainConfig:
     return config_from_json(json.dumps(r["cfg"]))
 
 
+def model_file(args, work: Path) -> Path:
+    """A debug model config of the asked size, written to work."""
+    model = work / "model.json"
+    model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
+                                 "head_dim": args.hidden // 4}))
+    return model
+
+
+def island_job(args, work: Path) -> TrainConfig:
+    """The 4-rank, 2-island job of these measurements."""
+    return TrainConfig(model=str(model_file(args, work)), devices=ISLAND_DEVICES, backends=("reference",) * 4,
+                       steps=args.steps, batch=args.per_rank_batch * 4, seq=args.seq, placement="islands")
+
+
 def islands(args):
     if args.load:
         measured = json.loads(Path(args.load).read_text())
@@ -157,11 +169,7 @@ def islands(args):
         return paired(args, bridges)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = work / "model.json"
-        model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
-                                     "head_dim": args.hidden // 4}))
-        base = TrainConfig(model=str(model), devices=ISLAND_DEVICES, backends=("reference",) * 4, steps=args.steps,
-                           batch=per_rank * 4, seq=args.seq, placement="islands")
+        base = island_job(args, work)
         two = base.with_(devices=("cpu@nvidia", "cpu@amd"), backends=("reference",) * 2, batch=per_rank * 2,
                          placement="balanced")
         calib = [base, base.with_(routing="global"), two]
@@ -178,11 +186,7 @@ def islands(args):
 def paired(args, bridges: list[float]):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = work / "model.json"
-        model.write_text(json.dumps({"preset": "debug", "hidden": args.hidden, "expert_ffn": args.expert_ffn,
-                                     "head_dim": args.hidden // 4}))
-        base = TrainConfig(model=str(model), devices=ISLAND_DEVICES, backends=("reference",) * 4, steps=args.steps,
-                           batch=args.per_rank_batch * 4, seq=args.seq, placement="islands")
+        base = island_job(args, work)
         print("| bridge GB/s | island routing s/step | global routing s/step | global / island (median of pairs) | "
               "bridge bytes global / island |")
         print("|---|---|---|---|---|")
