@@ -205,21 +205,25 @@ class Store:
                 pass
 
 
-def read_json(path: Path, what: str) -> dict:
-    """A small JSON metadata file of a cache (tuned configs, ...): {} with a warning when it is unusable."""
+def load_json(path: Path) -> tuple[object, str | None]:
+    """(the parsed file, None), or (None, what is wrong with it); a missing file is (None, None)."""
     try:
         if not path.exists():
-            return {}
+            return None, None
         problem = untrusted(path)
-        obj = None if problem else json.loads(path.read_bytes())
+        return (None, problem) if problem else (json.loads(path.read_bytes()), None)
     except (OSError, ValueError, RecursionError) as e:
-        problem, obj = str(e), None
-    if problem is None and not isinstance(obj, dict):
+        return None, str(e)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A small JSON metadata file of a cache (tuned configs, ...): {} with a warning when it is unusable."""
+    obj, problem = load_json(path)
+    if problem is None and obj is not None and not isinstance(obj, dict):
         problem = "not a JSON object"
     if problem:
         warn(f"{what} {path} ignored: {problem}")
-        return {}
-    return obj
+    return obj if isinstance(obj, dict) and not problem else {}
 
 
 def write_json(path: Path, obj):

@@ -8,12 +8,11 @@ concurrent runs keep every record. A file that cannot be read or trusted is igno
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 from pathlib import Path
 
 from .. import knobs
-from ..backends.cache import untrusted, warn, write_json
+from ..backends.cache import load_json, warn, write_json
 from ..backends.devices import Device
 
 FORMAT = "portable_moe.conformance-results"
@@ -31,13 +30,9 @@ def results_path() -> Path:
 def read(path: Path | None = None) -> dict:
     """{key: record}; {} with a warning when the file is unusable."""
     path = path or results_path()
-    try:
-        if not path.exists():
-            return {}
-        problem = untrusted(path)
-        obj = None if problem else json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as e:
-        problem, obj = f"unreadable ({e})", None
+    obj, problem = load_json(path)
+    if obj is None and problem is None:
+        return {}
     if problem is None and not (isinstance(obj, dict) and obj.get("format") == FORMAT
                                 and isinstance(obj.get("results"), dict)):
         problem = "not a conformance results cache"
