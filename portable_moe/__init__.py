@@ -30,5 +30,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'portable_moe' has no attribute {name!r}")
 
 
-if "transformers" in sys.modules:            # else register_experts(), or importing portable_moe.hf, does it
+if "transformers" in sys.modules:            # imported after transformers: register now; else call register_experts()
     register_experts()
