@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from hf_tiny import make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from json_mutation import mutate, paths
@@ -86,11 +87,6 @@ def test_fuzzed_ir_files(tmp_path, capfd, base, data, action, junk):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "hf"))
-    from hf_tiny import make_model
-
     path = tmp_path_factory.mktemp("hf") / "mixtral"
     make_model("mixtral").save_pretrained(path)
     return path

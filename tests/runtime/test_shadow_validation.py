@@ -16,6 +16,12 @@ from portable_moe.ir.meanings import run_graph
 from portable_moe.models import build_moe_layer, init_params, preset
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Reproducers go to a per-test cache, never the user's."""
+    monkeypatch.setenv("PORTABLE_MOE_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def drops_expert(monkeypatch):
     """Makes the faulty backend loadable by name, as if registered through an entry point."""

@@ -4,20 +4,16 @@ fake implementation and autograd that torch's own op checker accepts."""
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from hf_tiny import make_model
 from torch._dynamo.utils import counters
 
 import portable_moe
 from portable_moe.hf import patch_hf
 from portable_moe.hf.experts import experts_graph
 from portable_moe.ir import DType
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "hf"))
-from hf_tiny import make_model  # noqa: E402
 
 
 def experts_model(backend: str, seed: int = 0):
