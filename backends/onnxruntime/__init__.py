@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...ir import ALL_OPS, DType, Graph
+from ...ir.arrays import to_numpy
 from ...ir.onnx.export import export, save
 from ..base import Backend, BackendError, BackendOptions, Executable, Support, write_manifest
 from ..cache import safe_name
 from ..devices import Device
-from .convert import param_key, to_numpy, to_torch
+from .convert import param_key, to_torch
 from .providers import available_providers, choose, provider_options
 
 LARGE_MODEL_BYTES = 1 << 30

@@ -8,8 +8,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from ..backends.onnxruntime.convert import to_numpy
 from ..ir import IRError, parse_json, read_bounded
+from ..ir.arrays import to_numpy
 from ..ir.onnx import OPSET, check, export, save
 from ..models import PRESETS, build_model, build_moe_layer, init_params, load_config, preset
 from .models import DTYPES, add_model_args, resolve_model

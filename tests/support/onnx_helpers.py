@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portable_moe.backends.onnxruntime.convert import to_numpy
+from portable_moe.ir.arrays import to_numpy
 from portable_moe.models import build_model, build_moe_layer, init_params, preset
 
 PRESETS_HERE = ("debug", "debug-deepseek")
