@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
-from .. import knobs
 from ..ir import DType, Graph, IRError, Node, PortableMoeError
 from .devices import Device
+
+# where an Options built directly (not filled by portable_moe.runtime.options_for) keeps its caches; the
+# PORTABLE_MOE_CACHE_DIR knob defaults to it too
+DEFAULT_CACHE_DIR = "~/.cache/portable_moe"
 
 
 class BackendError(PortableMoeError):
@@ -50,8 +53,9 @@ class BackendOptions:
         return cls(**values)
 
     def cache_root(self, backend: str) -> Path:
-        """cache_dir, else the backend's folder under the PORTABLE_MOE_CACHE_DIR knob."""
-        return Path(self.cache_dir).expanduser() if self.cache_dir else knobs.cache_dir() / backend
+        """cache_dir (options_for fills it from the PORTABLE_MOE_CACHE_DIR knob), else the backend's folder
+        under DEFAULT_CACHE_DIR."""
+        return Path(self.cache_dir or Path(DEFAULT_CACHE_DIR) / backend).expanduser()
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

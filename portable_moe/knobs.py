@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backends.base import DEFAULT_CACHE_DIR
 from .ir import PortableMoeError
 
 
@@ -24,7 +25,7 @@ class Knob:
 KNOBS = (
     Knob("PORTABLE_MOE_BACKEND", "", "backend to use when none is given explicitly (else automatic)"),
     Knob("PORTABLE_MOE_DEVICE", "", "device to use when none is given explicitly (else the first accelerator)"),
-    Knob("PORTABLE_MOE_CACHE_DIR", "~/.cache/portable_moe", "compile caches, tuned configs, conformance results"),
+    Knob("PORTABLE_MOE_CACHE_DIR", DEFAULT_CACHE_DIR, "compile caches, tuned configs, conformance results"),
     Knob("PORTABLE_MOE_VALIDATE", "0", "fraction of calls (0..1) re-run on the reference to check numerics"),
     Knob("PORTABLE_MOE_VALIDATE_RAISE", "0", "1: a shadow-validation failure raises instead of warning"),
     Knob("PORTABLE_MOE_TVM_THREADS", "0", "TVM CPU threads (0: every core this process may use)"),
@@ -119,6 +120,12 @@ def tvm_tune_seconds() -> float:
 
 def rocm_path() -> str | None:
     return raw("ROCM_PATH") or None
+
+
+# backend -> {Options field: the knob that fills it}; portable_moe.runtime.options_for applies it
+BACKEND_KNOBS = {
+    "tvm": {"tune_seconds": tvm_tune_seconds, "threads": tvm_threads, "rocm_path": rocm_path},
+}
 
 
 def help_text() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import fields
 
 import torch
 
@@ -48,8 +49,15 @@ def graph_dtype(graph: Graph) -> DType:
     return Counter(node_dtype(n, types) for n in graph.nodes).most_common(1)[0][0]
 
 
-def options_for(backend, options: Mapping | None) -> BackendOptions:
-    return backend.Options.from_dict(dict(options or {}))
+def options_for(backend, options: Mapping | None = None) -> BackendOptions:
+    """The backend's Options: the fields the caller gave, the rest filled from knobs (cache_dir: the
+    backend's folder under PORTABLE_MOE_CACHE_DIR; backend fields: knobs.BACKEND_KNOBS), else defaults.
+    Every run path builds its Options here, so the environment reaches every backend the same way."""
+    given = dict(options or {})
+    names = {f.name for f in fields(backend.Options)}
+    knobbed = {"cache_dir": lambda: str(knobs.cache_dir() / backend.name)} | knobs.BACKEND_KNOBS.get(backend.name, {})
+    filled = {name: read() for name, read in knobbed.items() if name in names and name not in given}
+    return backend.Options.from_dict(filled | given)
 
 
 def compile(graph: Graph, params: Mapping[str, torch.Tensor], device: str | Device | None = None,
