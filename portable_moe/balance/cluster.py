@@ -51,6 +51,13 @@ class ClusterDevice:
     memory_bytes: int
 
 
+
+def first_appearance(keys) -> list[int]:
+    """Each key's number, 0..K-1 in order of first appearance: how vendor islands (and training's
+    islands, the balancer's nodes there) are numbered."""
+    order = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return [order[k] for k in keys]
+
 @dataclass(frozen=True)
 class Cluster:
     devices: tuple[ClusterDevice, ...]
@@ -88,8 +95,7 @@ class Cluster:
     @property
     def island(self) -> np.ndarray:
         """[D] int64 vendor island index, 0..I-1 in order of first appearance of each vendor."""
-        order = {v: i for i, v in enumerate(dict.fromkeys(d.vendor for d in self.devices))}
-        return np.array([order[d.vendor] for d in self.devices], dtype=np.int64)
+        return np.array(first_appearance([d.vendor for d in self.devices]), dtype=np.int64)
 
     def budget(self, expert_bytes: int) -> np.ndarray:
         """[D] int64 expert copies each device can hold, all layers together = memory_bytes // expert_bytes

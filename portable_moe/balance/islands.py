@@ -88,7 +88,7 @@ def _export_once(w, serve, home, origin, power, bridge):
     return best, best is not serve
 
 
-def island_plan(loads: np.ndarray, cluster: Cluster, caps: np.ndarray, groups: int | None, token_bytes: int,
+def top_down_plan(loads: np.ndarray, cluster: Cluster, caps: np.ndarray, groups: int | None, token_bytes: int,
                 steps: np.ndarray, levels: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """-> (host [L, E, D], share [L, E, D]) planned top-down: vendor islands (bridge bandwidth), then the nodes
     of each island (other-node bandwidth), then the compute-only planner on each node's devices; at each level

@@ -18,7 +18,7 @@ import numpy as np
 
 from .cluster import BalanceError, Cluster, check_expert_bytes
 from .comm import DEFAULT_TOKEN_BYTES, comm_predict, route, step_loads
-from .islands import island_plan, replan_within_islands
+from .islands import replan_within_islands, top_down_plan
 from .memory import check_fits, check_layout, layer_caps
 from .placement import (
     Placement,
@@ -286,7 +286,7 @@ def _new_plan(loads, cluster, budget, layout, groups, token_bytes, steps):
     islands_span_nodes = len(set(zip(cluster.island, cluster.node))) > cluster.island.max() + 1
     by_node = None
     for levels in (2, 1) if cluster.island.max() > 0 and islands_span_nodes else (2,):
-        other = island_plan(loads, cluster, caps, groups, token_bytes, steps, levels)
+        other = top_down_plan(loads, cluster, caps, groups, token_bytes, steps, levels)
         host, share, by_node = _faster(steps, (host, share), other, cluster, token_bytes)
     return host, share, by_node
 

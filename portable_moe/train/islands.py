@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import balance
+from ..balance.cluster import first_appearance
 from ..balance.placement import placement_from_dense
 from .config import ROUTINGS, TrainError
 
@@ -51,9 +52,7 @@ def island_names(devices) -> list[str]:
 
 def island_index(devices) -> list[int]:
     """[W] island number of each rank, in order of first appearance (the balancer's node ids)."""
-    names = island_names(devices)
-    order = {n: i for i, n in enumerate(dict.fromkeys(names))}
-    return [order[n] for n in names]
+    return first_appearance(island_names(devices))
 
 
 class Bridge:
