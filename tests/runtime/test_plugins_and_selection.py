@@ -36,15 +36,20 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+def install(tmp_path, monkeypatch, dist_name: str, entry_point: str):
+    """An installed distribution (dist-info on sys.path) whose one backend entry point is `entry_point`."""
+    dist = tmp_path / f"{dist_name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[portable_moe.backends]\n{entry_point}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.refresh()
+
+
 @pytest.fixture
 def tiny_plugin(tmp_path, monkeypatch):
     (tmp_path / "tiny_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "tiny_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[portable_moe.backends]\ntiny = tiny_plugin:TinyBackend\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.refresh()
+    install(tmp_path, monkeypatch, "tiny_plugin", "tiny = tiny_plugin:TinyBackend")
     yield
     sys.modules.pop("tiny_plugin", None)
     registry.refresh()
@@ -89,12 +94,7 @@ def test_unknown_backend_lists_the_known_ones(monkeypatch):
 
 
 def test_broken_plugin_is_listed_unavailable(tmp_path, monkeypatch):
-    dist = tmp_path / "broken-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[portable_moe.backends]\nbroken = not_installed_dep:Backend\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.refresh()
+    install(tmp_path, monkeypatch, "broken", "broken = not_installed_dep:Backend")
     try:
         with pytest.raises(registry.BackendUnavailable, match="not_installed_dep"):
             registry.load("broken")
