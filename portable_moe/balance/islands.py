@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cluster import Cluster
+from .solver import from_scratch, improve, solve_shares
 
 EXPORT_STEPS = 32  # line-search points for the tokens an overloaded island hands to a faster one
 
@@ -102,7 +103,6 @@ def top_down_plan(loads: np.ndarray, cluster: Cluster, caps: np.ndarray, groups:
 
 def _plan_level(loads, cluster, devs, caps, groups, token_bytes, scale, mask, level, levels):
     """Plan loads [L, E] (experts in mask [L, E]) on devices `devs` -> host, share [L, E, len(devs)]."""
-    from .planner import from_scratch
 
     keys = (cluster.island, cluster.node)[:levels]
     if level == len(keys):
@@ -150,9 +150,8 @@ def _renumber(node: np.ndarray) -> np.ndarray:
 def replan_within_islands(loads: np.ndarray, prev: np.ndarray, share: np.ndarray, cluster: Cluster, moves: dict
                           ) -> tuple[np.ndarray, np.ndarray]:
     """New loads [L, E] on the previous hosting prev [L, E, D]: each island keeps its part of every expert
-    (from share [L, E, D]), re-solves its shares and moves replicas among its own devices (planner.improve,
+    (from share [L, E, D]), re-solves its shares and moves replicas among its own devices (solver.improve,
     `moves` its keyword arguments, the move budget shared by the islands in turn)."""
-    from .planner import improve, solve_shares
 
     host, out = prev.copy(), np.zeros_like(share)
     isl, thr = cluster.island, cluster.throughput

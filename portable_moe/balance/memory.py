@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cluster import BalanceError
+from .solver import replica_counts
 
 LAYOUTS = ("pooled", "uniform")
 
@@ -43,7 +44,6 @@ def check_fits(L: int, E: int, budget: np.ndarray, expert_bytes: int, layout: st
 
 def layer_caps(loads: np.ndarray, budget: np.ndarray, layout: str) -> np.ndarray:
     """loads [L, E], budget [D] -> caps [L, D] int64 with caps.sum(0) <= budget and caps.sum(1) >= E."""
-    from .planner import replica_counts
 
     L, E = loads.shape
     D = len(budget)

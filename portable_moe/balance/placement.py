@@ -16,6 +16,7 @@ import numpy as np
 from .cluster import LINK_CLASSES, BalanceError, Cluster, check_expert_bytes, finite_number, read_json
 from .comm import DEFAULT_TOKEN_BYTES
 from .memory import LAYOUTS, memory_use
+from .solver import device_time
 
 SHARE_TOL = 1e-6
 MAX_EXPERTS = 1 << 20
@@ -270,11 +271,6 @@ def save_placement(pl: Placement, path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ cost model
-
-
-def device_time(share: np.ndarray, loads: np.ndarray, throughput: np.ndarray) -> np.ndarray:
-    """share [L, E, D], loads [L, E], throughput [D] -> time [L, D]."""
-    return np.einsum("led,le->ld", share, loads) / throughput
 
 
 def predict(pl: Placement, loads: np.ndarray, cluster: Cluster, *, token_bytes: int = DEFAULT_TOKEN_BYTES,
