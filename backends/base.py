@@ -205,8 +205,9 @@ class Backend(ABC):
         """Writes ahead-of-time artifacts for a named target and returns the manifest it wrote."""
         raise BackendError(f"{self.name} does not lower ahead of time")
 
-    def schedule(self, device: Device) -> str | None:
-        """One line on how this backend's kernels are scheduled for the device (tuned for it, from where)."""
+    def schedule(self, device: Device, options: BackendOptions) -> str | None:
+        """One line on how this backend's kernels are scheduled for the device (tuned for it, from where),
+        with `options` (filled by portable_moe.runtime.options_for) saying where its tuning is kept."""
         return None
 
     def check_target(self, target: str):

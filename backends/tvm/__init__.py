@@ -90,7 +90,7 @@ class TVMBackend(Backend):
         steps = plan(graph, lambda *a: tile_for(*a, opts, device.kind))
         return TVMExecutable(graph, device, steps, opts.cache_root(self.name), opts.threads)
 
-    def schedule(self, device: Device) -> str | None:
+    def schedule(self, device: Device, options: BackendOptions) -> str | None:
         """Whether the GEMM tiles are tuned for this CPU or OpenCL device, and from where."""
         if device.kind not in ("cpu", "opencl"):
             return None
@@ -102,7 +102,7 @@ class TVMBackend(Backend):
 
         fallback = "the register model" if device.kind == "cpu" else "16x16 tiles"
         how = "shipped table" if device.kind == "cpu" and knows(SHIPPED) else "tuned here (first use)" \
-            if knows(local_table(TVMOptions(), device.kind)) else \
+            if knows(local_table(options, device.kind)) else \
             f"not tuned for it yet: tuned on first use of a large GEMM (tune_seconds), else {fallback}"
         if device.kind == "cpu":
             return f"CPU tiles for {host().describe()}: {how}"

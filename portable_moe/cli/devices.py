@@ -9,6 +9,7 @@ from .. import registry
 from ..ir import DType
 from ..knobs import help_text
 from ..runtime import all_devices, select
+from ..runtime.compile import options_for
 
 
 def backend_row(name: str, devices) -> dict:
@@ -22,8 +23,9 @@ def backend_row(name: str, devices) -> dict:
         if not backend.executes:
             reason = reason or f"{name}: compiles only, never executes"
         support = backend.support(d)
+        schedule = None if reason else backend.schedule(d, options_for(backend))
         per_device[d.id] = {"usable": reason is None, "reason": reason, "ops": sorted(support.ops),
-                            "declined": dict(support.declined), "schedule": None if reason else backend.schedule(d)}
+                            "declined": dict(support.declined), "schedule": schedule}
     return {"name": name, "loaded": True, "executes": backend.executes, "deterministic": backend.deterministic,
             "targets": list(backend.targets), "devices": per_device}
 

@@ -71,12 +71,17 @@ def test_shipped_table_wins_and_a_damaged_table_is_ignored(tmp_path, monkeypatch
 def test_devices_line_says_whether_this_cpu_is_tuned_and_from_where(tmp_path, monkeypatch, fake_host):
     from portable_moe.backends.devices import cpu_device
     from portable_moe.backends.tvm import TVMBackend
+    from portable_moe.runtime.compile import options_for
 
     fake_host(AVX2)
     monkeypatch.setenv("PORTABLE_MOE_CACHE_DIR", str(tmp_path))
+
+    def line():
+        return TVMBackend().schedule(cpu_device(), options_for(TVMBackend()))
+
     monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "none.json")
-    assert "znver2" in TVMBackend().schedule(cpu_device()) and "not tuned" in TVMBackend().schedule(cpu_device())
+    assert "znver2" in line() and "not tuned" in line()
     tuning.save(tmp_path / "tvm" / "tuned-cpu.json", tuning.shape_key("linear", 64, 64, False), CpuTile(), 1.0)
-    assert "tuned here" in TVMBackend().schedule(cpu_device())
+    assert "tuned here" in line()
     monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "tvm" / "tuned-cpu.json")
-    assert "shipped table" in TVMBackend().schedule(cpu_device())
+    assert "shipped table" in line()
