@@ -103,10 +103,22 @@ def _compute_only(loads, cluster, caps, budget, groups) -> tuple[np.ndarray, np.
 def _faster(steps, a, b, cluster, token_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per layer, the (host, share) pair with the lower predicted layer time (compute + communication).
     -> (host, share, by_node)."""
-    ra, rb = route(a[1], cluster), route(b[1], cluster)
-    ta = comm_predict(steps, a[1], ra, cluster, token_bytes)["layer_s"]
-    tb = comm_predict(steps, b[1], rb, cluster, token_bytes)["layer_s"]
-    pick = tb < ta * (1 - 1e-9)
+    (ra, ta), (rb, tb) = _routed_times(steps, a, cluster, token_bytes), _routed_times(steps, b, cluster, token_bytes)
+    return _take(a, b, ra, rb, _lower(ta, tb))
+
+
+def _routed_times(steps, plan, cluster, token_bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(host, share) -> (its node-first routing, the predicted time of each layer with communication)."""
+    routing = route(plan[1], cluster)
+    return routing, comm_predict(steps, plan[1], routing, cluster, token_bytes)["layer_s"]
+
+
+def _lower(ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    return tb < ta * (1 - 1e-9)
+
+
+def _take(a, b, ra, rb, pick) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plan a with plan b's layers where pick: (host, share, by_node)."""
     for x, y in ((a[0], b[0]), (a[1], b[1]), (ra, rb)):
         x[pick] = y[pick]
     return a[0], a[1], ra
@@ -131,15 +143,11 @@ def _replan(loads, cluster, previous, expert_bytes, layout, budget, max_move_byt
     a = (host, share)
     b = replan_within_islands(loads, prev, old_share, cluster, moves)
     new_a, new_b = ((x[0] & ~prev).sum((1, 2)) for x in (a, b))  # [L] new replicas per layer
-    ra, rb = route(a[1], cluster), route(b[1], cluster)
-    ta = comm_predict(steps, a[1], ra, cluster, token_bytes)["layer_s"]
-    tb = comm_predict(steps, b[1], rb, cluster, token_bytes)["layer_s"]
-    pick = tb < ta * (1 - 1e-9)
+    (ra, ta), (rb, tb) = _routed_times(steps, a, cluster, token_bytes), _routed_times(steps, b, cluster, token_bytes)
+    pick = _lower(ta, tb)
     if np.where(pick, new_b, new_a).sum() > moves["max_moves"]:
         pick[:] = tb.sum() < ta.sum()
-    for x, y in ((a[0], b[0]), (a[1], b[1]), (ra, rb)):
-        x[pick] = y[pick]
-    return a[0], a[1], ra
+    return _take(a, b, ra, rb, pick)
 
 
 def _previous_host(previous: Placement, cluster: Cluster, shape: tuple[int, int], expert_bytes: int) -> np.ndarray:
