@@ -68,3 +68,9 @@ def load_for_listing(name: str) -> Backend | BackendUnavailable:
         return load(name)
     except BackendUnavailable as e:
         return e
+
+
+def loaded() -> dict[str, Backend]:
+    """Every registered backend that loads here, by name (the others are left out; `load` says why)."""
+    found = {name: load_for_listing(name) for name in backend_names()}
+    return {name: b for name, b in found.items() if not isinstance(b, BackendUnavailable)}

@@ -23,15 +23,7 @@ class Section:
 
 
 def executing_backends(device) -> list[str]:
-    names = []
-    for name in registry.backend_names():
-        try:
-            b = registry.load(name)
-        except registry.BackendUnavailable:
-            continue
-        if b.executes and b.availability(device) is None:
-            names.append(name)
-    return names
+    return [name for name, b in registry.loaded().items() if b.executes and b.availability(device) is None]
 
 
 def conformance(graph, params, device, out):

@@ -23,11 +23,7 @@ from .validate import Validator
 def all_devices() -> list[Device]:
     """torch's devices, then the devices only some backend can reach (OpenCL platforms)."""
     found = devs.discover()
-    for name in registry.backend_names():
-        try:
-            backend = registry.load(name)
-        except registry.BackendUnavailable:
-            continue
+    for backend in registry.loaded().values():
         found += [d for d in backend.devices() if d.id not in {x.id for x in found}]
     return found
 
