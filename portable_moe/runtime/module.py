@@ -36,11 +36,7 @@ class ReferenceGrad(torch.autograd.Function):
             leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
             env = dict(zip(ctx.names, leaves))
             outs = run_graph(ctx.exe.graph, {}, env)
-            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-            wrt = [t for t in leaves if t.requires_grad]
-            got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True) \
-                if pairs else [None] * len(wrt)
-        it = iter(got)
+            it = iter(torch_op.vjp(outs, grads, leaves))
         return (None, None, None, *[next(it) if t.requires_grad else None for t in leaves])
 
 

@@ -111,11 +111,22 @@ def run_backward(handle: int, inputs: list[torch.Tensor], params: list[torch.Ten
     with autograd_on(), torch.enable_grad():
         leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in (*inputs, *params)]
         outs = model.run_segments(leaves[:len(inputs)], leaves[len(inputs):], validate=False)
-        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-        wrt = [t for t in leaves if t.requires_grad]
-        got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True) \
-            if pairs else [None] * len(wrt)
-    return [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(wrt, got)]
+        got = vjp(outs, grads, leaves)
+    return [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(requiring_grad(leaves), got)]
+
+
+def requiring_grad(leaves) -> list[torch.Tensor]:
+    return [t for t in leaves if t.requires_grad]
+
+
+def vjp(outs, grads, leaves) -> list:
+    """The gradient of each leaf that requires grad (None where unused), given the outputs' incoming
+    gradients (None: no gradient for that output)."""
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    wrt = requiring_grad(leaves)
+    if not pairs:
+        return [None] * len(wrt)
+    return list(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
 
 
 @run_backward.register_fake
