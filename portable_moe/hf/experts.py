@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import DType, Graph, GraphBuilder, TensorType, verify
+from ..models.builder import routed_experts
 from .errors import HFImportError
 
 NAME = "portable_moe"
@@ -23,11 +24,7 @@ def experts_graph(E: int, H: int, F: int, K: int, dtype: DType) -> Graph:
     weights = b.input("weights", TensorType(dtype, ("tokens", K)))
     gate_up = b.param("gate_up", TensorType(dtype, (E, 2 * F, H)))
     down = b.param("down", TensorType(dtype, (E, H, F)))
-    rows, offsets, order = b.op("dispatch", x, indices, name="dispatch", num_experts=E)
-    h = b.op1("grouped_matmul", rows, gate_up, offsets, name="gate_up_mm")
-    h = b.op1("swiglu", h, name="swiglu")
-    y = b.op1("grouped_matmul", h, down, offsets, name="down_mm")
-    return verify(b.finish(b.op1("combine", y, order, weights, name="combine")))
+    return verify(b.finish(routed_experts(b, x, indices, weights, gate_up, down, E, mm="_mm")))
 
 
 def check_layout(experts: torch.nn.Module):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ir import DType, Graph, GraphBuilder, TensorType, verify
+from ..models.builder import routed_experts
 from ..models.config import MoEConfig
 from .errors import HFImportError
 from .families import Family
@@ -55,13 +56,9 @@ def moe_block(p: Binder, x: str, cfg: MoEConfig, fam: Family, ir: str, hf: str, 
         "router", x, router_w, None, score_bias, name=f"{ir}router", top_k=cfg.top_k, scoring=cfg.scoring,
         num_groups=cfg.num_groups, top_groups=cfg.top_groups, group_score=cfg.group_score,
         normalize=cfg.normalize, scaling=cfg.scaling)
-    rows, offsets, order = b.op("dispatch", x, indices, name=f"{ir}dispatch", num_experts=E)
     gate_up = p.param(f"{ir}experts.gate_up", f"{hf}experts.gate_up_proj", E, 2 * F, H)
     down = p.param(f"{ir}experts.down", f"{hf}experts.down_proj", E, H, F)
-    h = b.op1("grouped_matmul", rows, gate_up, offsets, name=f"{ir}gate_up")
-    h = b.op1("swiglu", h, name=f"{ir}swiglu")
-    y = b.op1("grouped_matmul", h, down, offsets, name=f"{ir}down")
-    out = b.op1("combine", y, order, weights, name=f"{ir}combine")
+    out = routed_experts(b, x, indices, weights, gate_up, down, E, ir)
     if fam.shared:
         shared = mlp(p, x, cfg.hidden, cfg.shared_ffn, f"{ir}shared.", f"{hf}{fam.shared}.")
         if fam.shared_gate:

@@ -20,16 +20,23 @@ def moe_ffn(b: GraphBuilder, x: str, cfg: MoEConfig, prefix: str) -> str:
     weights, indices, _ = b.op("router", x, router_w, bias, score_bias, name=f"{prefix}router", top_k=cfg.top_k,
                                scoring=cfg.scoring, num_groups=cfg.num_groups, top_groups=cfg.top_groups,
                                group_score=cfg.group_score, normalize=cfg.normalize, scaling=cfg.scaling)
-    rows, offsets, order = b.op("dispatch", x, indices, name=f"{prefix}dispatch", num_experts=E)
     gate_up = b.param(f"{prefix}experts.gate_up", tensor(cfg, E, 2 * F, H))
     down = b.param(f"{prefix}experts.down", tensor(cfg, E, H, F))
-    h = b.op1("grouped_matmul", rows, gate_up, offsets, name=f"{prefix}gate_up")
-    h = b.op1("swiglu", h, name=f"{prefix}swiglu")
-    y = b.op1("grouped_matmul", h, down, offsets, name=f"{prefix}down")
-    out = b.op1("combine", y, order, weights, name=f"{prefix}combine")
+    out = routed_experts(b, x, indices, weights, gate_up, down, E, prefix)
     if cfg.shared_ffn:
         out = b.op1("add", out, shared_expert(b, x, cfg, prefix), name=f"{prefix}add_shared")
     return out
+
+
+def routed_experts(b: GraphBuilder, x: str, indices: str, weights: str, gate_up: str, down: str, E: int,
+                   prefix: str = "", mm: str = "") -> str:
+    """Dispatch, gate/up grouped GEMM, SwiGLU, down grouped GEMM, combine: the routed experts of every MoE
+    graph (built here, imported from Hugging Face, or run through transformers' experts interface)."""
+    rows, offsets, order = b.op("dispatch", x, indices, name=f"{prefix}dispatch", num_experts=E)
+    h = b.op1("grouped_matmul", rows, gate_up, offsets, name=f"{prefix}gate_up{mm}")
+    h = b.op1("swiglu", h, name=f"{prefix}swiglu")
+    y = b.op1("grouped_matmul", h, down, offsets, name=f"{prefix}down{mm}")
+    return b.op1("combine", y, order, weights, name=f"{prefix}combine")
 
 
 def shared_expert(b: GraphBuilder, x: str, cfg: MoEConfig, prefix: str) -> str:
