@@ -28,7 +28,7 @@ from torch_moe import TorchMoE, export_torch_moe  # noqa: E402
 
 from portable_moe.backends.devices import cpu_name  # noqa: E402
 from portable_moe.bench.eager import eager_loop  # noqa: E402
-from portable_moe.bench.timer import side_by_side_ms  # noqa: E402
+from portable_moe.timing import side_by_side_ms  # noqa: E402
 from portable_moe.ir.onnx import export  # noqa: E402
 from portable_moe.models import MoEConfig, build_moe_layer  # noqa: E402
 

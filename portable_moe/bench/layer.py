@@ -25,7 +25,7 @@ from ..registry import BackendUnavailable
 from ..runtime.compile import options_for
 from ..runtime.partition import partition
 from .eager import EAGER, eager_loop
-from .timer import side_by_side_ms, synchronize
+from ..timing import side_by_side_ms, synchronize
 
 
 class BenchError(PortableMoeError):
