@@ -24,8 +24,8 @@ from ..models import MoEConfig, build_moe_layer, init_params
 from ..registry import BackendUnavailable
 from ..runtime.compile import options_for
 from ..runtime.partition import partition
-from .eager import EAGER, eager_loop
 from ..timing import side_by_side_ms, synchronize
+from .eager import EAGER, eager_loop
 
 
 class BenchError(PortableMoeError):
