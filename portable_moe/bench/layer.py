@@ -54,7 +54,8 @@ class Case:
     @property
     def label(self) -> str:
         c = self.cfg
-        return f"{c.hidden}->{c.expert_ffn} E{c.experts} K{c.top_k} T{self.tokens}"
+        model = "" if c.name.startswith("bench-") else f"{c.name} "
+        return f"{model}{c.hidden}->{c.expert_ffn} E{c.experts} K{c.top_k} T{self.tokens}"
 
 
 @dataclass
