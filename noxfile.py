@@ -59,12 +59,29 @@ def demo(session):
     session.run("portable-moe", "demo")
 
 
+# Each results file and the command that regenerates it (BENCHMARKS.md names the same command per section).
+RESULTS = "benchmarks/results"
+BENCHMARKS = (
+    ("portable-moe", "bench", "--repeat", "5", "--markdown", f"{RESULTS}/cpu_moe_layer.md", "--plot",
+     f"{RESULTS}/cpu_moe_layer.png"),
+    ("python", "benchmarks/bench_onnx.py", "--repeat", "5", "--markdown", f"{RESULTS}/onnx.md"),
+    ("portable-moe", "bench", "balance", "--markdown", f"{RESULTS}/balance.md"),
+    ("portable-moe", "bench", "train", "--markdown", f"{RESULTS}/train.md"),
+    ("portable-moe", "bench", "train", "--islands", "--steps", "12", "--per-rank-batch", "16", "--seq", "64",
+     "--hidden", "128", "--expert-ffn", "128", "--bridge-gbps", "3,0.03", "--markdown", f"{RESULTS}/train_islands.md"),
+    ("portable-moe", "bench", "train", "--project", "--markdown", f"{RESULTS}/train_projections.md"),
+)
+
+
 @nox.session
 def benchmarks(session):
-    """CPU benchmarks side by side (TVM, ONNX Runtime, torch eager), the balancer and training."""
+    """Regenerates benchmarks/results/*.md on this machine's CPU (the layer on every backend beside the torch
+    baselines, ONNX Runtime on torch.onnx.export's model, the balancer, training); `nox -s benchmarks -- train`
+    runs only the commands that name `train`. GPU: `portable-moe bench MODEL --device cuda:0 --dtype bfloat16`."""
     install(session)
-    for script in ("bench_tvm_cpu", "bench_onnx", "bench_balance", "bench_train_hetero"):
-        session.run("python", f"benchmarks/{script}.py")
+    for command in BENCHMARKS:
+        if all(word in command for word in session.posargs):
+            session.run(*command)
 
 
 # The Triton range pyproject states: the one a CUDA build of torch ships today (torch 2.11 -> 3.6.0) and the

@@ -3,8 +3,9 @@
 Variants: the torch eager baseline of portable_moe.bench (a Mixtral-style loop over experts),
 onnxruntime on a plain-torch MoE layer exported by torch.onnx.export(dynamo=True), and onnxruntime
 on our IR graph exported by portable_moe.ir.onnx; `portable-moe bench` cannot express the
-torch.onnx.export variant. All three use the same weights and run side by side (interleaved);
-GFLOP/s counts only the expert GEMMs: 2*T*K*(H*2F + F*H).
+torch.onnx.export variant (an ONNX model exported from torch code, not from our IR). All three use the
+same weights and run side by side (interleaved rounds of the one timer, median reported as in
+`portable-moe bench`); GFLOP/s counts only the expert GEMMs: 2*T*K*(H*2F + F*H).
 
     python benchmarks/bench_onnx.py [--threads 2] [--repeat 5] [--markdown benchmarks/results/onnx.md]
 """
@@ -12,9 +13,8 @@ GFLOP/s counts only the expert GEMMs: 2*T*K*(H*2F + F*H).
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
+import shlex
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from torch_moe import TorchMoE, export_torch_moe  # noqa: E402
 
-from portable_moe.backends.devices import cpu_name  # noqa: E402
 from portable_moe.bench.eager import eager_loop  # noqa: E402
-from portable_moe.bench.timer import side_by_side_ms  # noqa: E402
+from portable_moe.bench.report import load, section  # noqa: E402
 from portable_moe.ir.onnx import export  # noqa: E402
 from portable_moe.models import MoEConfig, build_moe_layer  # noqa: E402
+from portable_moe.timing import side_by_side_ms  # noqa: E402
 
 SHAPES = [  # hidden, expert_ffn, experts, top_k, tokens
     (1024, 1408, 16, 2, 2048),
@@ -78,7 +78,7 @@ def bench_shape(hidden, ffn, experts, top_k, tokens, threads, repeat) -> list[di
         times = side_by_side_ms(variants, repeat)
     rows = []
     for name, fn in variants.items():
-        seconds = min(times[name]) / 1e3
+        seconds = statistics.median(times[name]) / 1e3
         with torch.no_grad():
             out = fn()
         out = out.numpy() if isinstance(out, torch.Tensor) else out[0]
@@ -88,19 +88,13 @@ def bench_shape(hidden, ffn, experts, top_k, tokens, threads, repeat) -> list[di
     return rows
 
 
-def markdown(rows: list[dict], threads: int, load: tuple) -> str:
-    lines = ["# ONNX Runtime vs torch eager: one MoE layer forward, float32", "",
-             f"- date: {datetime.date.today().isoformat()}",
-             f"- machine: {cpu_name()}, {threads} threads ({platform.machine()}, {platform.system()})",
-             f"- onnxruntime {ort.__version__}, torch {torch.__version__}",
-             "- GFLOP/s counts the expert GEMMs only: 2*T*K*(H*2F + F*H); best of the repeats",
-             "- max_err: largest difference from torch eager's output",
-             f"- 1-minute load average before/after the run: {load[0]:.2f} / {load[1]:.2f} "
-             "(above ~0.5 other processes shared the cores, and every absolute number is lower)", "",
-             "| shape | variant | ms | GFLOP/s | max_err |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['shape']} | {r['variant']} | {r['ms']:.1f} | {r['gflops']:.0f} | {r['max_err']:.1e} |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
+def markdown(rows: list[dict], threads: int, before: str, command: str) -> str:
+    body = [f"{threads} threads; GFLOP/s counts the expert GEMMs only: 2*T*K*(H*2F + F*H); median of the "
+            "interleaved rounds; max_err: largest difference from torch eager's output", "",
+            "| shape | variant | ms | GFLOP/s | max_err |", "|---|---|---:|---:|---:|"]
+    body += [f"| {r['shape']} | {r['variant']} | {r['ms']:.1f} | {r['gflops']:.0f} | {r['max_err']:.1e} |"
+             for r in rows]
+    return section("ONNX Runtime vs torch eager: one MoE layer forward, float32", command, body, "cpu", before)
 
 
 def main(argv=None):
@@ -110,9 +104,9 @@ def main(argv=None):
     p.add_argument("--markdown", default=None, help="write the results table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    before = os.getloadavg()[0]
+    before = load()
     rows = [r for shape in SHAPES for r in bench_shape(*shape, args.threads, args.repeat)]
-    text = markdown(rows, args.threads, (before, os.getloadavg()[0]))
+    text = markdown(rows, args.threads, before, shlex.join(["python", "benchmarks/bench_onnx.py", *sys.argv[1:]]))
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

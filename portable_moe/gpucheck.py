@@ -1,7 +1,9 @@
 """The GPU check, one call on a machine whose Python already has a CUDA torch (nothing is installed or
 downloaded): `python -m portable_moe.gpucheck` from a checkout (or `nox -s gpu`). Runs the tests marked
-`gpu`, the conformance suite on cuda:0, the GPU benchmark (a short token set) and a cuda:0+cpu training run
-that checkpoints, then resumes on cpu,cpu; ends with one line per step and exits 0 only if all passed."""
+`gpu`, the conformance suite on cuda:0, the GPU layer benchmark (`portable-moe bench` on three models' MoE
+layers, bf16, a short token set: Triton beside torch._grouped_mm, the per-expert loops and transformers'
+experts implementations) and a cuda:0+cpu training run that checkpoints, then resumes on cpu,cpu; ends
+with one line per step and exits 0 only if all passed."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path.cwd()
+GPU_MODELS = ("mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3")
 
 
 def cli(*args: str) -> list[str]:
@@ -26,14 +29,15 @@ def gpu_test_files() -> list[str]:
 def steps(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
     ckpt = out / "checkpoint"
     train = ["train", "--config", "debug", "--nproc", "2", "--checkpoint", str(ckpt), "--report", str(out / "report")]
-    bench = ROOT / "benchmarks" / "bench_triton_gpu.py"
+    tokens = ["1", "128", "4096"] if quick else ["1", "32", "128", "512", "4096", "16384"]
     found = [
         ("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs",
                        *gpu_test_files()] if gpu_test_files() else []),
         ("conformance on cuda:0", cli("conformance", "--device", "cuda:0", "--no-progress", "--json",
                                       str(out / "conformance.json"))),
-        ("GPU benchmark", [sys.executable, str(bench), "--out", str(out / "bench.md"), *(["--quick"] if quick else [])]
-         if bench.exists() else []),
+        ("GPU benchmark", cli("bench", *GPU_MODELS, "--device", "cuda:0", "--dtype", "bfloat16", "--backend",
+                              "triton", "--tokens", *tokens, "--json", str(out / "bench.json"), "--markdown",
+                              str(out / "bench.md"))),
         ("train cuda:0+cpu, 6 steps, checkpoints", cli(*train, "--devices", "cuda:0,cpu", "--backends",
                                                        "triton,reference", "--steps", "6", "--checkpoint-every", "3")),
         ("resume on cpu,cpu to 8 steps", cli(*train, "--devices", "cpu,cpu", "--steps", "8", "--resume")),

@@ -13,7 +13,10 @@ def test_the_check_runs_the_gpu_tier_conformance_benchmark_and_a_resumed_mixed_t
     steps = dict(gpucheck.steps(tmp_path, quick=True))
     assert any("test_triton_gpu.py" in a for a in steps["gpu tests"]) and "-m" in steps["gpu tests"]
     assert steps["conformance on cuda:0"][-6:-3] == ["conformance", "--device", "cuda:0"]
-    assert "--quick" in steps["GPU benchmark"]
+    bench = " ".join(steps["GPU benchmark"])
+    assert "bench mixtral-8x7b qwen3-30b-a3b deepseek-v3 --device cuda:0 --dtype bfloat16" in bench
+    assert "--tokens 1 128 4096 " in bench and "--tokens 1 32 " in " ".join(dict(gpucheck.steps(tmp_path, False))[
+        "GPU benchmark"])
     first = " ".join(steps["train cuda:0+cpu, 6 steps, checkpoints"])
     assert "--devices cuda:0,cpu --backends triton,reference --steps 6 --checkpoint-every 3" in first
     second = " ".join(steps["resume on cpu,cpu to 8 steps"])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from ..timing import synchronize, time_ms
 from .cluster import BalanceError
 
 
@@ -23,18 +23,10 @@ def calibrate(
         raise BalanceError(
             f"calibrate needs tokens > 0 and repeats > 0, got tokens={tokens}, repeats={repeats}"
         )
+    step = run_gemm if sync is None else lambda: (run_gemm(), sync())
     for _ in range(warmup):
-        run_gemm()
-    if sync:
-        sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_gemm()
-        if sync:
-            sync()
-        best = min(best, time.perf_counter() - t0)
-    return tokens / max(best, 1e-9)
+        step()
+    return tokens / max(min(time_ms(step, repeats, warm_up=False)) / 1e3, 1e-9)
 
 
 def calibrate_torch(
@@ -53,14 +45,8 @@ def calibrate_torch(
         h = x @ w1
         return (torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]) @ w2
 
-    dev = torch.device(device)
-    sync = None
-    if dev.type == "cuda":
-        sync = torch.cuda.synchronize
-    elif dev.type == "mps":
-        sync = torch.mps.synchronize
     with torch.no_grad():
-        return calibrate(run, tokens, hidden, ffn, repeats=repeats, sync=sync)
+        return calibrate(run, tokens, hidden, ffn, repeats=repeats, sync=lambda: synchronize(device))
 
 
 def calibrate_backend(device: str = "cpu", backend: str | None = None, dtype: str = "float32", hidden: int = 1024,
@@ -81,4 +67,5 @@ def calibrate_backend(device: str = "cpu", backend: str | None = None, dtype: st
               / hidden**0.5).to(dt), (torch.randn(1, hidden, ffn, generator=g) / ffn**0.5).to(dt),
               torch.tensor([0, tokens]))
     with torch.no_grad():
-        return calibrate(lambda: model(*inputs), tokens, hidden, ffn, repeats=repeats)
+        return calibrate(lambda: model(*inputs), tokens, hidden, ffn, repeats=repeats,
+                         sync=lambda: synchronize(device))

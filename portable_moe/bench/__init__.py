@@ -1,5 +1,6 @@
-"""The benchmark home: one timer (timer.py), one torch eager MoE baseline (eager.py), and what
-`portable-moe bench` runs on them (layer.py: one MoE layer's forward on every backend)."""
+"""The benchmark home, reached from `portable-moe bench`: the torch eager MoE baselines (eager.py), one
+MoE layer's forward on every backend beside them (layer.py), the expert placement benchmark (balance.py)
+and expert-parallel training efficiency (train.py), all timed by the one timer (portable_moe/timing.py)."""
 
 from .layer import (
     DEFAULT_SHAPES,

@@ -1,10 +1,14 @@
-"""The torch eager MoE baseline, written independently of the IR's meanings, in two forms: the Hugging
-Face Mixtral-style loop over experts (one-hot mask, gather, MLP, index_add) and a sorted form (one sort
-by expert, contiguous per-expert slices). Benchmarks time it; tests use it as an independent oracle.
+"""The torch MoE baselines, the one home of them, written independently of the IR's meanings: the Hugging
+Face Mixtral-style loop over experts (one-hot mask, gather, MLP, index_add), a sorted form (one sort by
+expert, a loop of per-expert matmuls on contiguous slices), torch._grouped_mm (one grouped GEMM per
+projection), and transformers' own experts implementations (eager, grouped_mm, batched_mm) behind the same
+router. Benchmarks time them side by side; tests use the loop as an independent oracle.
 
 Legend: T tokens, H hidden, F expert FFN width, E experts, K top-k, R = T*K routed rows."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,4 +75,47 @@ def eager_sorted(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
     return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
 
 
-EAGER = {"torch-loop": eager_loop, "torch-sorted": eager_sorted}
+def grouped_mm(cfg: MoEConfig, p: dict, x_TH: torch.Tensor) -> torch.Tensor:
+    """Rows sorted by expert, then torch._grouped_mm for gate_up and for down (what a torch user without a
+    fused kernel has; float32 on the CPU, and bfloat16 wherever its strides are 16-byte multiples)."""
+    weights_TK, experts_TK = route(cfg, p, x_TH)
+    order_R = experts_TK.flatten().argsort(stable=True)
+    token_R = order_R // cfg.top_k
+    offs_E = torch.bincount(experts_TK.flatten(), minlength=cfg.experts).cumsum(0).to(torch.int32)
+    gate_RF, up_RF = torch._grouped_mm(x_TH[token_R], p["experts.gate_up"].transpose(1, 2), offs=offs_E).chunk(2, -1)
+    y_RH = torch._grouped_mm(F.silu(gate_RF) * up_RF, p["experts.down"].transpose(1, 2), offs=offs_E)
+    out_TH = torch.zeros_like(x_TH).index_add_(0, token_R, y_RH * weights_TK.flatten()[order_R, None])
+    return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
+
+
+def transformers_experts(implementation: str):
+    """A baseline factory: transformers' MixtralExperts with the given experts implementation, holding our
+    weights (same [E, 2F, H] / [E, H, F] layout, not copied), behind the same router and shared expert."""
+    def make(cfg: MoEConfig, p: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+
+        hf = MixtralConfig(hidden_size=cfg.hidden, intermediate_size=cfg.expert_ffn, num_local_experts=cfg.experts,
+                           num_experts_per_tok=cfg.top_k)
+        hf._experts_implementation = implementation
+        with torch.device("meta"):
+            experts = MixtralExperts(hf)
+        experts.gate_up_proj = torch.nn.Parameter(p["experts.gate_up"], requires_grad=False)
+        experts.down_proj = torch.nn.Parameter(p["experts.down"], requires_grad=False)
+
+        def forward(x_TH: torch.Tensor) -> torch.Tensor:
+            weights_TK, experts_TK = route(cfg, p, x_TH)
+            out_TH = experts(x_TH, experts_TK, weights_TK)
+            return out_TH + shared_expert(cfg, p, x_TH) if cfg.shared_ffn else out_TH
+        return forward
+    return make
+
+
+def plain(fn):
+    """A baseline factory for a function of (cfg, params, x)."""
+    return lambda cfg, p: lambda x_TH: fn(cfg, p, x_TH)
+
+
+# name -> factory(cfg, params) -> forward(x): every baseline the layer benchmark times beside the backends
+EAGER = {"torch-loop": plain(eager_loop), "torch-sorted": plain(eager_sorted), "torch._grouped_mm": plain(grouped_mm),
+         **{f"hf-{i}": transformers_experts(i) for i in ("eager", "grouped_mm", "batched_mm")}}

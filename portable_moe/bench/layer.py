@@ -1,6 +1,7 @@
-"""Timing one MoE layer's forward across backends, side by side (interleaved) in one run with two torch eager
-baselines on the same device (written independently of the reference backend) and the device's
-measured dense matmul rate, with a correctness guard against the eager result.
+"""Timing one MoE layer's forward across backends, side by side (interleaved) in one run with the torch
+baselines of eager.py on the same device (written independently of the reference backend), the device's
+measured dense matmul rate and copy bandwidth (the time to read the selected experts' weights once: the
+floor for decode), with a correctness guard against the eager result.
 
 Legend: T tokens, H hidden, F expert FFN width, E experts, K experts per token (top-k),
 R = T*K routed rows. The FLOPs counted are the expert GEMMs only: 2*T*K*(H*2F + F*H)."""
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -24,8 +24,8 @@ from ..models import MoEConfig, build_moe_layer, init_params
 from ..registry import BackendUnavailable
 from ..runtime.compile import options_for
 from ..runtime.partition import partition
-from .eager import EAGER, eager_loop
-from .timer import side_by_side_ms, synchronize
+from ..timing import side_by_side_ms, synchronize, timed_call
+from .eager import EAGER, eager_loop, route
 
 
 class BenchError(PortableMoeError):
@@ -54,21 +54,22 @@ class Case:
     @property
     def label(self) -> str:
         c = self.cfg
-        return f"{c.hidden}->{c.expert_ffn} E{c.experts} K{c.top_k} T{self.tokens}"
+        model = "" if c.name.startswith("bench-") else f"{c.name} "
+        return f"{model}{c.hidden}->{c.expert_ffn} E{c.experts} K{c.top_k} T{self.tokens}"
 
 
 @dataclass
 class Row:
     name: str
-    kind: str                      # eager | backend
-    status: str = "ran"            # ran | skipped: why | unavailable: why | failed: error
+    kind: str                      # eager (a torch baseline) | backend
+    status: str = "ran"            # ran | unavailable: why | failed: error (a backend's only)
     compile_s: float | None = None
     times_ms: list[float] = field(default_factory=list)
     max_diff: float | None = None
     wrong: bool = False
     median_ms: float | None = None
     gflops: float | None = None
-    vs_eager: float | None = None   # speed relative to the best eager variant (>1: faster)
+    vs_eager: float | None = None   # speed relative to the best torch baseline (>1: faster)
     of_matmul: float | None = None  # fraction of the measured dense matmul rate
     placement: str = ""
 
@@ -81,6 +82,9 @@ class ShapeResult:
     matmul_gflops: float
     rows: list[Row]
     tolerance: float
+    copy_gbs: float                 # device memory bandwidth measured by a copy in the same rounds
+    experts_selected: int           # experts the router picked for at least one token
+    weight_read_ms: float           # their weights read once at copy_gbs: no forward can be faster
 
 
 def layer_case(hidden: int, ffn: int, experts: int, top_k: int, tokens: int, dtype: str) -> Case:
@@ -147,54 +151,91 @@ def finish(row: Row, out: torch.Tensor | None, expected: torch.Tensor, flops: in
         row.gflops = flops / row.median_ms / 1e6
 
 
-MATMUL = "dense matmul"
+MATMUL, COPY = "dense matmul", "copy"
+COPY_BYTES = 1 << 30     # at most this much of the expert weights is copied to measure the bandwidth
+
+
+def copy_call(params: dict) -> tuple[Callable, int]:
+    """A copy of (a slice of) the gate_up weights into a buffer allocated once (a fresh allocation would time
+    the CPU's page faults), and the bytes it reads and writes."""
+    w = params["experts.gate_up"].reshape(-1)
+    src = w[: min(w.numel(), COPY_BYTES // w.element_size())]
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src), 2 * src.numel() * src.element_size()
 
 
 def bench_case(case: Case, device: Device, backends: list[tuple[str, Backend | BackendUnavailable]], repeat: int,
                params: dict | None = None, progress=print) -> ShapeResult:
     """Every variant compiled and checked first, then timed side by side (interleaved rounds), so that all
-    of them, and the dense matmul rate, see the same machine load."""
-    graph = build_moe_layer(case.cfg)
+    of them, the dense matmul rate and the copy bandwidth see the same machine load."""
+    c = case.cfg
+    graph = build_moe_layer(c)
     params = {k: v.to(device.torch_device) for k, v in (params or init_params(graph, seed=0)).items()}
-    dt = TORCH_DTYPES[case.cfg.dtype]
-    x_TH = torch.randn(case.tokens, case.cfg.hidden, generator=torch.Generator().manual_seed(2)).to(
-        device.torch_device, dt)
-    tol = TOLERANCE.get(case.cfg.dtype, 5e-2)
+    dt = TORCH_DTYPES[c.dtype]
+    x_TH = torch.randn(case.tokens, c.hidden, generator=torch.Generator().manual_seed(2)).to(device.torch_device, dt)
+    tol = TOLERANCE.get(c.dtype, 5e-2)
     rows, calls, outs = [], {}, {}
     with torch.no_grad():
-        expected = eager_loop(case.cfg, params, x_TH)
-        for name, fn in EAGER.items():
-            rows.append(Row(name, "eager"))
-            calls[name] = lambda fn=fn: fn(case.cfg, params, x_TH)
-            outs[name] = calls[name]()
-        for name, backend in backends:
-            row, call, outs[name] = prepare_backend(name, backend, graph, params, x_TH, device)
+        expected = eager_loop(c, params, x_TH)
+        selected = route(c, params, x_TH)[1].unique().numel()
+        prepared = [prepare_baseline(name, make, c, params, x_TH, device) for name, make in EAGER.items()]
+        prepared += [prepare_backend(name, backend, graph, params, x_TH, device) for name, backend in backends]
+        for row, call, first in prepared:
             rows.append(row)
+            outs[row.name] = first
             if call is None:
-                progress(f"[{case.label}] {name}: {row.status}")
+                progress(f"[{case.label}] {row.name}: {row.status}")
             else:
-                calls[name] = call
+                calls[row.name] = call
         calls[MATMUL] = dense_matmuls(case, device)
+        calls[COPY], copy_bytes = copy_call(params)
         times = side_by_side_ms(calls, repeat, device)
     rate = case.flops / statistics.median(times.pop(MATMUL)) / 1e6
+    copy_gbs = copy_bytes / statistics.median(times.pop(COPY)) / 1e6
     for row in rows:
         if row.name in times and row.status == "ran":
             row.times_ms = times[row.name]
             finish(row, outs[row.name], expected, case.flops, tol)
             progress(f"[{case.label}] {row.name}: " + (f"compile {row.compile_s:.2f} s, " if row.compile_s else "")
-                     + f"{row.median_ms:.2f} ms")
-    progress(f"[{case.label}] {MATMUL}: {rate:.1f} GFLOP/s")
-    best_eager = min(r.median_ms for r in rows if r.kind == "eager")
+                     + f"{row.median_ms:.3f} ms")
+    progress(f"[{case.label}] {MATMUL}: {rate:.1f} GFLOP/s; {COPY}: {copy_gbs:.0f} GB/s")
+    best_eager = min((r.median_ms for r in rows if r.kind == "eager" and r.median_ms), default=None)
     for r in rows:
         if r.median_ms:
-            r.vs_eager, r.of_matmul = best_eager / r.median_ms, r.gflops / rate
-    shape = {"hidden": case.cfg.hidden, "ffn": case.cfg.expert_ffn, "experts": case.cfg.experts,
-             "top_k": case.cfg.top_k, "tokens": case.tokens, "dtype": case.cfg.dtype, "model": case.cfg.name}
-    return ShapeResult(case.label, shape, case.flops, rate, rows, tol)
+            r.vs_eager, r.of_matmul = (best_eager / r.median_ms if best_eager else None), r.gflops / rate
+    shape = {"hidden": c.hidden, "ffn": c.expert_ffn, "experts": c.experts, "top_k": c.top_k, "tokens": case.tokens,
+             "dtype": c.dtype, "model": c.name}
+    weight_read_ms = selected * 3 * c.hidden * c.expert_ffn * dt.itemsize / copy_gbs / 1e6
+    return ShapeResult(case.label, shape, case.flops, rate, rows, tol, copy_gbs, selected, weight_read_ms)
 
 
-def failure(e: Exception) -> str:
-    return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+def error_text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def guarded(row: Row, fn: Callable, verdict: str) -> Callable:
+    """fn, run only while the row still stands; an error ends the row with `verdict: error`."""
+    def call():
+        if row.status == "ran":
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - one variant's crash is a finding in the table, not the end of the run
+                row.status = f"{verdict}: {error_text(e)}"
+    return call
+
+
+def prepare_baseline(name, make, cfg, params, x_TH, device) -> tuple[Row, Callable | None, torch.Tensor | None]:
+    """(row, the call to time or None, its first output). A baseline this torch, transformers, dtype or shape
+    cannot run is a note in the table ('unavailable'), never a failure of the run."""
+    row = Row(name, "eager")
+    try:
+        forward = make(cfg, params)
+        first = forward(x_TH)
+        synchronize(device)
+    except Exception as e:  # noqa: BLE001 - as above
+        row.status = f"unavailable: {error_text(e)}"
+        return row, None, None
+    return row, guarded(row, lambda: forward(x_TH), "unavailable"), first
 
 
 def prepare_backend(name, backend, graph, params, x_TH, device) -> tuple[Row, Callable | None, torch.Tensor | None]:
@@ -208,23 +249,17 @@ def prepare_backend(name, backend, graph, params, x_TH, device) -> tuple[Row, Ca
     if reason:
         row.status = f"unavailable: {reason}"
         return row, None, None
-    try:
-        t0 = time.perf_counter()
-        forward, row.placement = backend_forward(backend, graph, params, device)
-        first = forward(x_TH)
-        synchronize(device)
-        row.compile_s = time.perf_counter() - t0
-    except Exception as e:  # noqa: BLE001 - one backend's crash is a finding in the table, not the end of the run
-        row.status = failure(e)
-        return row, None, None
+    def compile_and_run():
+        forward, placement = backend_forward(backend, graph, params, device)
+        return forward, placement, forward(x_TH)
 
-    def call():
-        if row.status == "ran":
-            try:
-                forward(x_TH)
-            except Exception as e:  # noqa: BLE001 - as above
-                row.status = failure(e)
-    return row, call, first
+    try:
+        (forward, row.placement, first), compile_ms = timed_call(compile_and_run, device)
+        row.compile_s = compile_ms / 1e3
+    except Exception as e:  # noqa: BLE001 - as above
+        row.status = f"failed: {error_text(e)}"
+        return row, None, None
+    return row, guarded(row, lambda: forward(x_TH), "failed"), first
 
 
 def choose_backends(requested: list[str] | None,

@@ -2,7 +2,7 @@
 
 import time
 
-from portable_moe.bench.timer import side_by_side_ms, time_ms
+from portable_moe.timing import side_by_side_ms, time_ms
 
 
 def test_time_ms_measures_each_call_after_one_warm_up():

@@ -1,4 +1,5 @@
-"""Score expert placements by the time model on seeded loads x clusters, ours beside EPLB at the same memory.
+"""`portable-moe bench balance`: expert placements scored by the time model on seeded loads x clusters, ours
+beside EPLB at the same memory.
 
 Memory: 70% of each GPU (80 GB H100/A100, 192 GB MI300X, 48 GB L40S) for routed-expert weights of all layers
 together. Throughput: dense BF16 TFLOP/s / FLOPs of one token through one expert (token copies / s).
@@ -6,19 +7,15 @@ Compute only (token_bytes 0): score = step time / fluid bound (sum over layers o
 tokens / throughput, over sum of tokens / sum of throughputs; 1.0 is perfect); re-plans as loads drift
 (bytes moved per re-plan); plan time. With communication (links 400 / 50 / 3 GB/s same node / other node /
 other vendor): step time of compute + communication per the model, ours / EPLB, and the flow bound (LP).
-
-    python benchmarks/bench_balance.py [--out FILE.md] [--steps N] [--only compute|drift|comm|time]
-"""
+Plan times come from the one timer (portable_moe/timing.py)."""
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import numpy as np
 
-from portable_moe.balance import BalanceError, Cluster, ClusterDevice, eplb_placement, moved_bytes, plan, predict
-from portable_moe.balance.plot import step_ratio
+from ..balance import BalanceError, Cluster, ClusterDevice, eplb_placement, moved_bytes, plan, predict
+from ..balance.plot import step_ratio
+from ..timing import time_ms, timed_call
 
 TFLOPS = {"H100": 989.0, "MI300X": 1307.0, "A100": 312.0, "L40S": 181.0}  # dense BF16
 MEMORY_GB = {"H100": 80, "MI300X": 192, "A100": 80, "L40S": 48}
@@ -80,9 +77,7 @@ def loads_for(name: str, rng, cluster: Cluster) -> np.ndarray:
 
 
 def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, (time.perf_counter() - t0) * 1000
+    return timed_call(lambda: fn(*a, **kw))
 
 
 def eplb_or_none(loads, cl, shape, **kw):
@@ -170,7 +165,7 @@ def comm_rows(rng) -> list[tuple]:
 
 
 def best_of(n, fn, *a, **kw) -> float:
-    return min(timed(fn, *a, **kw)[1] for _ in range(n))
+    return min(time_ms(lambda: fn(*a, **kw), n, warm_up=False))
 
 
 def time_rows(rng, repeats: int = 5) -> list[tuple]:
@@ -189,39 +184,31 @@ def time_rows(rng, repeats: int = 5) -> list[tuple]:
     return rows
 
 
-def table(head, rows) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+PARTS = ("compute", "drift", "comm", "time")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=None, help="also write the markdown tables here")
-    ap.add_argument("--steps", type=int, default=5, help="re-plans in the drift scenario")
-    ap.add_argument("--only", choices=("compute", "drift", "comm", "time"), default=None)
-    args = ap.parse_args(argv)
+def run_balance(only: str | None = None, steps: int = 5) -> list[tuple[str, tuple, list[tuple]]]:
+    """(title, head, rows) of each table asked for (all four unless `only` names one), from seed 0."""
     rng = np.random.default_rng(0)
-    parts = []
-    if args.only in (None, "compute"):
-        parts.append(table(("load", "cluster", "EPLB", "ms", "ours uniform", "ms", "ours pooled", "ms"),
-                           compute_rows(rng)))
-    if args.only in (None, "drift"):
-        parts.append(table(("cluster", "ours default", "ours budget 4/layer", "EPLB from scratch"),
-                           drift_rows(rng, args.steps)))
-    if args.only in (None, "comm"):
-        parts.append(table(("load", "cluster", "ours ms/layer", "EPLB ms/layer", "ours / EPLB (overlapped)",
-                            "compute-only plan ms/layer", "flow bound ms/layer (overlapped)", "bridge GB/layer ours",
-                            "bridge GB/layer EPLB", "plan ms"), comm_rows(rng)))
-    if args.only in (None, "time"):
-        parts.append(table(("cluster (58 x 256)", "EPLB ms", "ours compute-only ms", "ours with communication ms"),
-                           time_rows(rng)))
-    text = "\n\n".join(parts)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+    tables = []
+    if only in (None, "compute"):
+        tables.append(("Compute only: step time / fluid bound (1.0 is perfect), plan ms",
+                       ("load", "cluster", "EPLB", "ms", "ours uniform", "ms", "ours pooled", "ms"), compute_rows(rng)))
+    if only in (None, "drift"):
+        tables.append((f"Loads drifting, {steps} re-plans: bytes moved per re-plan (score)",
+                       ("cluster", "ours default", "ours budget 4/layer", "EPLB from scratch"), drift_rows(rng, steps)))
+    if only in (None, "comm"):
+        tables.append(("With communication (links 400 / 50 / 3 GB/s)",
+                       ("load", "cluster", "ours ms/layer", "EPLB ms/layer", "ours / EPLB (overlapped)",
+                        "compute-only plan ms/layer", "flow bound ms/layer (overlapped)", "bridge GB/layer ours",
+                        "bridge GB/layer EPLB", "plan ms"), comm_rows(rng)))
+    if only in (None, "time"):
+        tables.append(("Plan time, best of 5",
+                       ("cluster (58 x 256)", "EPLB ms", "ours compute-only ms", "ours with communication ms"),
+                       time_rows(rng)))
+    return tables
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def table(head, rows) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]

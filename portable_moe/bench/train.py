@@ -1,67 +1,58 @@
-"""Heterogeneous efficiency of expert-parallel training: measured job throughput divided by the sum of
-each rank's standalone throughput, for even placement vs the balancer's speed-proportional placement.
+"""Heterogeneous efficiency of expert-parallel training (`portable-moe bench train`): measured job throughput
+divided by the sum of each rank's standalone throughput, for even placement vs the balancer's
+speed-proportional placement.
 
 Slow ranks are emulated: a rank of speed s sleeps (1/s - 1) times its measured expert-compute time after
 each expert forward (TrainConfig.slowdown='sleep'; 'repeat' redoes the compute instead). Standalone
 throughput of rank r = tokens/s of a 1-rank job of the same per-rank batch at speed s_r (all experts
 local, no communication). Throughput = tokens / median step time (first 2 steps excluded).
 
-Run: python benchmarks/bench_train_hetero.py [--steps 8] [--speeds 1,0.25] [--slowdown sleep]
-
 Vendor islands (`--islands`): 4 CPU ranks labelled cpu@nvidia x2 + cpu@amd x2, the bridge between them
 slowed to --bridge-gbps; island-local vs global routing (bytes over the bridge, step time), the step-time
-model calibrated on the runs without a slowed bridge and checked against the others. `--project` prints
-the model's projections for 16- and 64-GPU mixed clusters (no runs)."""
+model calibrated on the runs without a slowed bridge and checked against the others. `--project` says
+the model's projections for 16- and 64-GPU mixed clusters (no runs). Every function here reports through
+`say(line)`: the lines are the table."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from portable_moe import balance
-from portable_moe.models import MoEConfig, load_config, preset
-from portable_moe.train import TrainConfig, config_from_json
-from portable_moe.train import placement as pl
-from portable_moe.train import stepmodel as sm
-from portable_moe.train.islands import island_plan
-from portable_moe.train.launch import run
+from .. import balance
+from ..models import MoEConfig, load_config, preset
+from ..train import TrainConfig, config_from_json
+from ..train import placement as pl
+from ..train import stepmodel as sm
+from ..train.islands import island_plan
+from ..train.launch import run
+from .layer import BenchError
+
+Say = Callable[[str], None]
+
+
+def finished(cfg: TrainConfig, work: Path, timeout_s: float):
+    """The run's result, or BenchError with the last line the run wrote to stderr."""
+    result = run(cfg, work, timeout_s=timeout_s)
+    if result.returncode != 0:
+        last = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no output")
+        raise BenchError(f"training run in {work} failed (exit {result.returncode}): {last.strip()[:300]}")
+    return result
 
 
 def throughput(cfg: TrainConfig, work: Path) -> tuple[float, list[dict]]:
-    result = run(cfg, work, timeout_s=600)
-    if result.returncode != 0:
-        raise SystemExit(f"run failed: {result.stderr[-2000:]}")
+    result = finished(cfg, work, 600)
     times = [s["seconds"] for s in result.steps[2:]] or [s["seconds"] for s in result.steps]
     return cfg.batch * cfg.seq / statistics.median(times), result.ranks
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--islands", action="store_true", help="vendor islands: routing, bridge, step-time model")
-    p.add_argument("--project", action="store_true", help="step-time model projections to GPU clusters")
-    p.add_argument("--bridge-gbps", default="3,0.03", help="slowed bridges to measure (GB/s), comma-separated")
-    p.add_argument("--save", default="", help="with --islands: write the measurements to this JSON file")
-    p.add_argument("--load", default="", help="with --islands: re-analyse measurements saved by --save")
-    p.add_argument("--pairs", type=int, default=0, help="with --islands: only island vs global routing, "
-                   "alternating, N times per bridge (ratios robust to a shared machine's drifting load)")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--speeds", default="1,0.25")
-    p.add_argument("--per-rank-batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--slowdown", default="sleep", choices=("sleep", "repeat"))
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--expert-ffn", type=int, default=512)
-    args = p.parse_args()
-    if args.project:
-        return project()
-    if args.islands:
-        return islands(args)
-    speeds = tuple(float(s) for s in args.speeds.split(","))
+def efficiency(args, say: Say):
+    """Even vs balanced placement on ranks of the given speeds, against the sum of standalone throughputs."""
+    speeds = numbers("--speeds", args.speeds)
     n = len(speeds)
     base = TrainConfig(devices=("cpu",) * n, backends=("reference",) * n, speeds=speeds, steps=args.steps,
                        batch=args.per_rank_batch * n, seq=args.seq, slowdown=args.slowdown, z_loss=1e-3)
@@ -74,15 +65,27 @@ def main():
             one = base.with_(devices=("cpu",), backends=("reference",), speeds=(s,), batch=args.per_rank_batch)
             alone.append(throughput(one, work / f"alone{r}")[0])
         bound = sum(alone)
-        print(f"speeds {list(speeds)}, slowdown={args.slowdown}, {base.batch}x{base.seq} tokens/step, "
-              f"{args.steps} steps, hidden {args.hidden}, expert_ffn {args.expert_ffn}, 8 experts top-2")
-        print("standalone tokens/s per rank: " + ", ".join(f"{a:.0f}" for a in alone) + f" (sum {bound:.0f})")
-        print("| placement | tokens/s | efficiency (vs sum of standalone) | experts hosted per rank |")
-        print("|---|---|---|---|")
+        say(f"speeds {list(speeds)}, slowdown={args.slowdown}, {base.batch}x{base.seq} tokens/step, "
+            f"{args.steps} steps, hidden {args.hidden}, expert_ffn {args.expert_ffn}, 8 experts top-2")
+        say("standalone tokens/s per rank: " + ", ".join(f"{a:.0f}" for a in alone) + f" (sum {bound:.0f})")
+        say("")
+        say("| placement | tokens/s | efficiency (vs sum of standalone) | experts hosted per rank |")
+        say("|---|---|---|---|")
         for placement in ("even", "balanced"):
             tps, ranks = throughput(base.with_(placement=placement), work / placement)
             hosted = [r["experts_hosted"] for r in sorted(ranks, key=lambda r: r["rank"])]
-            print(f"| {placement} | {tps:.0f} | {100 * tps / bound:.1f}% | {hosted} |")
+            say(f"| {placement} | {tps:.0f} | {100 * tps / bound:.1f}% | {hosted} |")
+
+
+def numbers(option: str, text: str) -> tuple[float, ...]:
+    """A comma-separated list of positive numbers, or BenchError naming the option."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise BenchError(f"{option} {text!r} must be positive numbers separated by commas (e.g. 1,0.25)")
+    return values
 
 
 # -- vendor islands: measured runs and the step-time model ----------------------------------------------
@@ -92,9 +95,7 @@ CORES = 2  # ranks beyond this share cores: a rank's compute throughput scales b
 
 
 def measure(cfg: TrainConfig, work: Path) -> dict:
-    result = run(cfg, work, timeout_s=900)
-    if result.returncode != 0:
-        raise SystemExit(f"run failed: {result.stderr[-2000:]}")
+    result = finished(cfg, work, 900)
     steps = result.steps[2:] or result.steps
     med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
     ranks = lambda key: statistics.median(statistics.mean(s[key]) for s in steps)  # noqa: E731
@@ -159,14 +160,14 @@ def island_job(args, work: Path) -> TrainConfig:
                        steps=args.steps, batch=args.per_rank_batch * 4, seq=args.seq, placement="islands")
 
 
-def islands(args):
+def islands(args, say: Say):
     if args.load:
-        measured = json.loads(Path(args.load).read_text())
-        return island_table(measured, measured[0]["calibration_runs"])
-    bridges = [float(b) for b in args.bridge_gbps.split(",")]
+        measured = saved(args.load)
+        return island_table(measured, measured[0]["calibration_runs"], say)
+    bridges = numbers("--bridge-gbps", args.bridge_gbps)
     per_rank = args.per_rank_batch
     if args.pairs:
-        return paired(args, bridges)
+        return paired(args, bridges, say)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = island_job(args, work)
@@ -180,43 +181,57 @@ def islands(args):
             measured.append(measure(c, work / f"run{i}") | {"calibration_runs": len(calib)})
             if args.save:
                 Path(args.save).write_text(json.dumps(measured, indent=1))
-    island_table(measured, len(calib))
+    island_table(measured, len(calib), say)
 
 
-def paired(args, bridges: list[float]):
+def saved(path: str) -> list[dict]:
+    """Measurements written by --save (JSON: a list of runs, each with the keys measure() writes)."""
+    try:
+        measured = json.loads(Path(path).read_text())
+        if not isinstance(measured, list) or not measured or not all(
+                isinstance(r, dict) and {"cfg", "model", "step_s", "calibration_runs"} <= r.keys() for r in measured):
+            raise ValueError("not a list of runs written by --save")
+        return measured
+    except (OSError, ValueError) as e:
+        raise BenchError(f"--load {path}: {e}") from None
+
+
+def paired(args, bridges: tuple[float, ...], say: Say):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = island_job(args, work)
-        print("| bridge GB/s | island routing s/step | global routing s/step | global / island (median of pairs) | "
+        say("")
+        say("| bridge GB/s | island routing s/step | global routing s/step | global / island (median of pairs) | "
               "bridge bytes global / island |")
-        print("|---|---|---|---|---|")
+        say("|---|---|---|---|---|")
         for b in bridges:
             got = [[measure(base.with_(bridge_gbps=b, routing=k), work / f"{b}-{i}-{k}") for k in ("island", "global")]
                    for i in range(args.pairs)]
             ratio = statistics.median(g["step_s"] / i["step_s"] for i, g in got)
             isl, glo = (statistics.median(p[j]["step_s"] for p in got) for j in (0, 1))
-            print(f"| {b} | {isl:.3f} | {glo:.3f} | {ratio:.3f} | {got[0][1]['bridge'] / got[0][0]['bridge']:.2f}x |")
+            say(f"| {b} | {isl:.3f} | {glo:.3f} | {ratio:.3f} | {got[0][1]['bridge'] / got[0][0]['bridge']:.2f}x |")
 
 
-def island_table(measured: list[dict], n_calib: int):
+def island_table(measured: list[dict], n_calib: int, say: Say):
     params = calibrate(measured[:n_calib])
     c0, m0 = config_of(measured[0]), measured[0]["model"]
-    print(f"4 ranks = 2 islands (cpu@nvidia x2, cpu@amd x2) / 2 ranks = 2 islands of 1; {c0.batch // c0.world}x"
+    say(f"4 ranks = 2 islands (cpu@nvidia x2, cpu@amd x2) / 2 ranks = 2 islands of 1; {c0.batch // c0.world}x"
           f"{c0.seq} tokens per rank per step, hidden {m0['hidden']}, expert_ffn {m0['expert_ffn']}, 8 experts "
           f"top-2, {c0.steps} steps (median of steps 3..)")
     for world, (flops, bw, alpha) in params.items():
-        print(f"calibrated on the {world}-rank runs without a slowed bridge: {flops / 1e9:.2f} GFLOP/s per rank "
+        say(f"calibrated on the {world}-rank runs without a slowed bridge: {flops / 1e9:.2f} GFLOP/s per rank "
               f"alone, gloo {'latency-bound' if bw > 1e20 else f'{bw / 1e9:.2f} GB/s'}, "
               f"{alpha * 1e3:.2f} ms per collective call")
-    print("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
+    say("")
+    say("| run | ranks | placement | routing | bridge GB/s | bridge MB/step (tokens) | island MB/step | "
           "rank imbalance | measured s/step (compute) | model s/step (compute) | error | "
           "efficiency (model / measured) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(measured):
         c = config_of(r)
         pred = cpu_model(r, *params[c.world])
         kind = "calibration" if i < n_calib else "prediction"
-        print(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
+        say(f"| {kind} | {c.world} | {c.placement} | {c.routing} | {c.bridge_gbps or 'as is'} | "
               f"{r['bridge'] / 1e6:.2f} ({r['tokens'] / 1e6:.2f}) | {r['island'] / 1e6:.2f} | "
               f"{r.get('imbalance', float('nan')):.2f} | {r['step_s']:.3f} ({r['compute']:.3f}) | "
               f"{pred.serial_s:.3f} ({pred.compute_s.mean():.3f}) | {100 * (pred.serial_s / r['step_s'] - 1):+.0f}% | "
@@ -226,7 +241,7 @@ def island_table(measured: list[dict], n_calib: int):
         isl, glo = (next((r for c, r in checks if c.bridge_gbps == b and c.world == 4 and c.placement == "islands"
                           and c.routing == k), None) for k in ("island", "global"))
         if isl and glo:
-            print(f"bridge {b} GB/s: global / island routing: bridge bytes {glo['bridge'] / isl['bridge']:.2f}x, "
+            say(f"bridge {b} GB/s: global / island routing: bridge bytes {glo['bridge'] / isl['bridge']:.2f}x, "
                   f"step time {glo['step_s'] / isl['step_s']:.2f}x")
 
 
@@ -281,13 +296,14 @@ def island_aware(loads, cluster, expert_bytes):
         return balance.plan(loads, vendors, expert_bytes), "island"
 
 
-def project():
-    print(f"step-time model projections: {TOKENS_PER_STEP} tokens per optimizer step, skewed expert loads "
+def project(say: Say):
+    say(f"step-time model projections: {TOKENS_PER_STEP} tokens per optimizer step, skewed expert loads "
           "(gamma(2), seed 0), bridge 3 GB/s, 400 GB/s in a node, 50 GB/s between nodes, 20 us per call; "
           f"{int(MEMORY_FOR_EXPERTS * 100)}% of memory for experts; bf16 gradients")
-    print("| model | cluster | GPUs | placement | routing | step s (no overlap) | step s (overlap) | "
+    say("")
+    say("| model | cluster | GPUs | placement | routing | step s (no overlap) | step s (overlap) | "
           "efficiency vs fluid bound (no overlap / overlap) | bridge GB/step | overlap, sharded bridge: s (eff.) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|")
     for mname, (pname, dispatch) in MODELS.items():
         m = preset(pname)
         expert_bytes = 3 * m.hidden * m.expert_ffn * 2
@@ -301,16 +317,13 @@ def project():
                 for plname, got in placements(loads, cluster, expert_bytes, cluster).items():
                     head = f"| {mname} | {cname} | {cluster.num_devices} | {plname} |"
                     if isinstance(got, str):
-                        print(f"{head} - | infeasible: {got} | | | | |")
+                        say(f"{head} - | infeasible: {got} | | | | |")
                         continue
                     placement, routing = got
                     pred = sm.predict(cluster, work, placement, routing, loads)
                     wide = sm.predict(cluster, work, placement, routing, loads, sharded_bridge=True)
-                    print(f"{head} {routing} | {pred.serial_s:.1f} | {pred.overlap_s:.1f} | "
+                    say(f"{head} {routing} | {pred.serial_s:.1f} | {pred.overlap_s:.1f} | "
                           f"{100 * bound / pred.serial_s:.0f}% / {100 * bound / pred.overlap_s:.0f}% | "
                           f"{pred.bridge_bytes / 1e9:.0f} | {wide.overlap_s:.1f} "
                           f"({100 * bound / wide.overlap_s:.0f}%) |")
 
-
-if __name__ == "__main__":
-    main()
