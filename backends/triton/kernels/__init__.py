@@ -2,7 +2,7 @@
 by Triton on CUDA and ROCm, run by Triton's interpreter on the CPU (see ..launch)."""
 
 from .backward import combine_bwd_kernel, swiglu_bwd_kernel
-from .combine import combine_kernel, swiglu_kernel
+from .swiglu_combine import combine_kernel, swiglu_kernel
 from .dispatch import align_kernel, bucket_kernel, dispatch_kernel, gather_kernel, inverse_kernel
 from .grouped_gemm_bwd import grouped_gemm_dw_kernel
 from .moe_gemm import moe_gemm_kernel
