@@ -1,7 +1,5 @@
-"""Launches the forward kernels on torch tensors: compiled on CUDA/ROCm; on CPU tensors the same source runs
-in Triton's interpreter (no TRITON_INTERPRET needed); on meta tensors the launch is recorded for
-ahead-of-time lowering (..lower), not run.
-
+"""Launches the forward kernels on torch tensors: compiled on CUDA/ROCm, the same source in Triton's interpreter
+on CPU tensors (no TRITON_INTERPRET needed), recorded on meta tensors for ahead-of-time lowering (..lower).
 Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F = N/2."""
 
 from __future__ import annotations
@@ -18,10 +16,9 @@ from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import kernels
-from .kernels.router import Scoring
 from .tuning import GemmConfig
 
-RECORDERS: list = []          # the active ..lower.Recorder, while lowering
+recorder = None               # a ..lower.Recorder while lowering records the launches
 _LOCK = threading.Lock()
 _interpreted = functools.cache(InterpretedFunction)
 
@@ -57,7 +54,7 @@ def run(name: str, grid: tuple, *args, **kwargs):
     """Launches kernels.<name> on the device of its first argument."""
     device = args[0].device.type
     if device == "meta":
-        return RECORDERS[-1].record(name, *args, **kwargs)
+        return recorder.record(name, *args, **kwargs)
     if device == "cpu":
         return interpret(getattr(kernels, name).fn, grid, *args, **kwargs)
     return getattr(kernels, name)[grid](*args, **kwargs)
@@ -65,15 +62,14 @@ def run(name: str, grid: tuple, *args, **kwargs):
 
 def attribute(nodes: list[str]):
     """The graph nodes the next launches serve (for the lowering manifest)."""
-    for recorder in RECORDERS[-1:]:
+    if recorder:
         recorder.nodes = nodes
 
 
 def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:
     """Whether t's kernels compile (or are recorded) for an NVIDIA GPU of compute capability >= min_major."""
     if t.device.type == "meta":
-        target = RECORDERS[-1].target
-        return target.startswith("cuda") and int(target.split("_")[-1]) // 10 >= min_major
+        return recorder.target.startswith("cuda") and int(recorder.target.split("_")[-1]) // 10 >= min_major
     return t.is_cuda and not torch.version.hip and torch.cuda.get_device_capability(t.device)[0] >= min_major
 
 
@@ -91,13 +87,12 @@ def router(x, weight, bias, score_bias, *, top_k, scoring, num_groups, top_group
     lead, (E, H) = x.shape[:-1], weight.shape
     x_TH = x.reshape(-1, H).contiguous()
     T = x_TH.shape[0]
-    weights_TK = torch.empty(T, top_k, dtype=x.dtype, device=x.device)
-    idx_TK = torch.empty(T, top_k, dtype=torch.int64, device=x.device)
-    logits_TE = torch.empty(T, E, dtype=torch.float32, device=x.device)
+    weights_TK, idx_TK = x.new_empty(T, top_k), x.new_empty(T, top_k, dtype=torch.int64)
+    logits_TE = x.new_empty(T, E, dtype=torch.float32)
     if T:
         run("router_kernel", (T,), x_TH, weight.contiguous(), logits_TE if bias is None else bias.contiguous(),
             logits_TE if score_bias is None else score_bias.contiguous(), weights_TK, idx_TK, logits_TE, H,
-            float(scaling), E=E, TOP_K=top_k, SCORING=int(Scoring[scoring.upper()]), NUM_GROUPS=num_groups,
+            float(scaling), E=E, TOP_K=top_k, SCORING=scoring, NUM_GROUPS=num_groups,
             TOP_GROUPS=top_groups, GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize,
             HAS_BIAS=bias is not None, HAS_SCORE_BIAS=score_bias is not None, BLOCK_E=pow2(E),
             BLOCK_H=min(pow2(H), 128), BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))
@@ -108,10 +103,9 @@ def dispatch(x, indices, *, num_experts):
     top_k, H = indices.shape[-1], x.shape[-1]
     idx_R = indices.reshape(-1).contiguous()
     R = idx_R.numel()
-    order_R = torch.empty(R, dtype=torch.int64, device=x.device)
-    offsets = torch.empty(num_experts + 1, dtype=torch.int64, device=x.device)
+    order_R, offsets = idx_R.new_empty(R, dtype=torch.int64), idx_R.new_empty(num_experts + 1, dtype=torch.int64)
     run("dispatch_kernel", (1,), idx_R, order_R, offsets, R, E=num_experts, BLOCK_E=pow2(num_experts), BLOCK_R=64)
-    rows_RH = torch.empty(R, H, dtype=x.dtype, device=x.device)
+    rows_RH = x.new_empty(R, H)
     if R and H:
         block = min(pow2(H), 256)
         run("gather_kernel", (R, triton.cdiv(H, block)), x.reshape(-1, H).contiguous(), order_R, rows_RH, H,
@@ -130,11 +124,11 @@ def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
 def moe_align(experts_R: torch.Tensor, num_experts: int, block_m: int):
     """Slots for the MoE GEMM, on the device with no host sync: each expert's rows padded to block_m
     (slots[s] = row, or R where padding), and the expert of each M-block (-1 past the last)."""
-    R, dev = experts_R.numel(), experts_R.device
+    R = experts_R.numel()
     blocks = triton.cdiv(R, block_m) + min(num_experts, R)
-    slots = torch.full((blocks * block_m,), R, dtype=torch.int32, device=dev)
-    block_expert = torch.empty(blocks, dtype=torch.int32, device=dev)
-    counts = torch.zeros(2 * num_experts, dtype=torch.int32, device=dev)     # counts, then each expert's cursor
+    slots = experts_R.new_full((blocks * block_m,), R, dtype=torch.int32)
+    block_expert = experts_R.new_empty(blocks, dtype=torch.int32)
+    counts = experts_R.new_zeros(2 * num_experts, dtype=torch.int32)     # counts, then each expert's cursor
     if R:
         grid = (triton.cdiv(R, 256),)
         run("bucket_kernel", grid, experts_R, counts, slots, R, PLACE=False, BLOCK_R=256)
@@ -163,7 +157,7 @@ def moe_gemm(a, weight_ENK, y, slots, block_expert, cfg: GemmConfig, *, a_div=1,
 def grouped_matmul(x_RK, weight_ENK, offsets, cfg: GemmConfig, *, swiglu=False):
     """y = x @ w[e]^T per segment of rows; swiglu fuses the activation (out width N/2)."""
     R, E, N = x_RK.shape[0], *weight_ENK.shape[:2]
-    y = torch.empty(R, N // 2 if swiglu else N, dtype=x_RK.dtype, device=x_RK.device)
+    y = x_RK.new_empty(R, N // 2 if swiglu else N)
     experts_R = torch.searchsorted(offsets[1:].contiguous(), torch.arange(R, device=x_RK.device), right=True)
     return moe_gemm(x_RK, weight_ENK, y, *moe_align(experts_R, E, cfg.block_m), cfg, swiglu=swiglu)
 
@@ -174,8 +168,7 @@ def moe_ffn(x, indices, weights, gate_up_ENK, down_ENK, cfg_gate_up: GemmConfig,
     top_k, H = indices.shape[-1], x.shape[-1]
     experts_R = indices.reshape(-1).contiguous()
     R, E, F = experts_R.numel(), gate_up_ENK.shape[0], gate_up_ENK.shape[1] // 2
-    h = torch.empty(R, F, dtype=x.dtype, device=x.device)
-    y = torch.empty(R, H, dtype=x.dtype, device=x.device)
+    h, y = x.new_empty(R, F), x.new_empty(R, H)
     slots, block_expert = moe_align(experts_R, E, cfg_gate_up.block_m)
     moe_gemm(x.reshape(-1, H), gate_up_ENK, h, slots, block_expert, cfg_gate_up, a_div=top_k, swiglu=True)
     if cfg_down.block_m != cfg_gate_up.block_m:
@@ -187,7 +180,7 @@ def moe_ffn(x, indices, weights, gate_up_ENK, down_ENK, cfg_gate_up: GemmConfig,
 def swiglu(x):
     F = x.shape[-1] // 2
     x_M2F = x.reshape(-1, 2 * F).contiguous()
-    y = torch.empty(x_M2F.shape[0], F, dtype=x.dtype, device=x.device)
+    y = x.new_empty(x_M2F.shape[0], F)
     if y.numel():
         block = min(pow2(F), 256)
         run("swiglu_kernel", (x_M2F.shape[0], triton.cdiv(F, block)), x_M2F, y, F, BLOCK_F=block)
@@ -198,9 +191,9 @@ def combine(y_RH, order_R, weights):
     """out[t] = sum over k of weights[t, k] * y[the row of pair t*K + k]."""
     top_k, H = weights.shape[-1], y_RH.shape[-1]
     R = order_R.numel()
-    out = torch.empty(R // top_k if top_k else 0, H, dtype=y_RH.dtype, device=y_RH.device)
+    out = y_RH.new_empty(R // top_k if top_k else 0, H)
     if R and H:
-        inverse_R = torch.empty(R, dtype=order_R.dtype, device=order_R.device)    # inverse[order[r]] = r
+        inverse_R = order_R.new_empty(R)    # inverse[order[r]] = r
         run("inverse_kernel", (triton.cdiv(R, 256),), order_R.contiguous(), inverse_R, R, BLOCK_R=256)
         block = min(pow2(H), 256)
         run("combine_kernel", (out.shape[0], triton.cdiv(H, block)), y_RH.contiguous(), inverse_R,

@@ -70,8 +70,7 @@ def instances(graph: Graph, target: str, cache_dir: Path, tokens: int, backward:
     """Every kernel instance the executable launches on the target for `tokens` tokens."""
     kind, arch = target.split(":")
     exe = TritonExecutable(graph, Device(kind, 0, "", "", arch, 0, ""), TuningCache(cache_dir))
-    recorder = Recorder(target)
-    launch.RECORDERS.append(recorder)
+    recorder = launch.recorder = Recorder(target)
     try:
         exe.execute(meta_env(graph, tokens, False), grads=False)
         if backward:
@@ -82,7 +81,7 @@ def instances(graph: Graph, target: str, cache_dir: Path, tokens: int, backward:
             launch.attribute([n.name for n in graph.nodes if n.op in OPS])
             torch.autograd.backward([t.float().sum() for t in outs])
     finally:
-        launch.RECORDERS.remove(recorder)
+        launch.recorder = None
     return [{**inst, "tile_config": {k.removeprefix("BLOCK_").lower(): v for k, v in inst["constexprs"].items()
                                      if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} or None}
             for inst in recorder.launches.values()]

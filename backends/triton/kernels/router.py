@@ -1,21 +1,9 @@
-"""Router kernel: one program per token. Logits (fp32), scores (softmax / sigmoid / raw), selection
-bias, group-limited masking, top-k with ties to the lower index, renormalisation and scaling.
-
-Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
-
-import enum
+"""Router kernel: one program per token. Logits (fp32), scores (SCORING is the IR's attribute: softmax,
+sigmoid, or raw for softmax_topk), selection bias, group-limited masking, top-k with ties to the lower index,
+renormalisation and scaling. Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
 
 import triton
 import triton.language as tl
-
-
-class Scoring(enum.IntEnum):
-    """The IR's router scoring modes, as the kernel's SCORING constexpr."""
-    SOFTMAX, SIGMOID, SOFTMAX_TOPK = range(3)
-
-
-# what the kernel compares SCORING with: a @triton.jit body reads only constexpr globals
-SOFTMAX, SIGMOID, SOFTMAX_TOPK = (tl.constexpr(int(s)) for s in Scoring)
 
 
 @triton.jit
@@ -49,11 +37,11 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
     tl.store(logits_ptr + t * E + e, logits_E, mask=e_ok)
 
     neg_inf = float("-inf")
-    if SCORING == SOFTMAX:
+    if SCORING == "softmax":
         z = tl.where(e_ok, logits_E, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         scores_E = p / tl.sum(p, axis=0)
-    elif SCORING == SIGMOID:
+    elif SCORING == "sigmoid":
         scores_E = 1.0 / (1.0 + tl.exp(-logits_E))
     else:
         scores_E = logits_E
@@ -90,7 +78,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
         idx_K = tl.where(k == ki, pick.to(tl.int64), idx_K)
         w_K = tl.where(k == ki, tl.sum(tl.where(e == pick, scores_E, 0.0), axis=0), w_K)
     k_ok = k < TOP_K
-    if SCORING == SOFTMAX_TOPK:
+    if SCORING == "softmax_topk":
         z = tl.where(k_ok, w_K, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         w_K = p / tl.sum(p, axis=0)
