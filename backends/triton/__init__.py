@@ -21,6 +21,8 @@ TARGETS = ("cuda:sm_80", "cuda:sm_90", "cuda:sm_100", "rocm:gfx90a", "rocm:gfx94
 STAGES = ("ttir", "ttgir", "llir")
 BF16_CPU = "Triton 3.9's interpreter returns garbage for bfloat16 tl.dot; bfloat16 runs on CUDA/ROCm only"
 MAX_EXPERTS = 1024
+DECLINED = {"float64": "Triton has no float64 tensor-core dot; use the reference",
+            **dict.fromkeys(("float8_e4m3fn", "float8_e4m3fnuz"), "fp8 compute is not defined yet")}
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,9 @@ class TritonBackend(Backend):
                                             else None)
 
     def support(self, device: Device) -> Support:
-        fp8 = "fp8 compute is not defined yet"
-        declined = {"float64": "Triton has no float64 tensor-core dot; use the reference",
-                    "float8_e4m3fn": fp8, "float8_e4m3fnuz": fp8}
-        floats = {DType.float32, DType.float16}
-        if device.kind == "cpu":
-            declined["bfloat16"] = BF16_CPU
-        else:
-            floats.add(DType.bfloat16)
-        return Support({op: frozenset(floats) for op in OPS}, declined)
+        cpu = device.kind == "cpu"          # the interpreter's bfloat16 dot is wrong
+        floats = {DType.float32, DType.float16} | (set() if cpu else {DType.bfloat16})
+        return Support({op: frozenset(floats) for op in OPS}, {**DECLINED, **({"bfloat16": BF16_CPU} if cpu else {})})
 
     def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
         from .executable import TritonExecutable
@@ -99,13 +95,13 @@ class TritonBackend(Backend):
         from .lower import lower_graph
 
         kind, arch = target.split(":")
-        not_lowered = []
-        for node, reason in self.unsupported(graph, Device(kind, 0, "", "", arch, 0, "")):
+        device, not_lowered = Device(kind, 0, "", "", arch, 0, ""), []
+        for node, reason in self.unsupported(graph, device):
             if node.op in OPS:
                 raise BackendError(f"triton cannot lower node '{node.name}' (op {node.op}) for {target}: {reason}")
             not_lowered.append({"node": node.name, "op": node.op, "reason": reason})
         check_shapes(graph)
-        return lower_graph(graph, target, Path(out_dir), TritonOptions.of(options), not_lowered)
+        return lower_graph(graph, target, device, Path(out_dir), TritonOptions.of(options), not_lowered)
 
 
 __all__ = ["TritonBackend", "TritonOptions"]

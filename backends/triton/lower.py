@@ -15,7 +15,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.tools.tensor_descriptor import TensorDescriptor
+from triton.runtime.jit import mangle_type
 
 from ...ir import Graph
 from ..base import BackendError, write_manifest
@@ -27,15 +27,6 @@ from .tuning import TuningCache
 
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
-TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32"}
-
-
-def arg_type(a) -> str:
-    if isinstance(a, TensorDescriptor):
-        return f"tensordesc<{TL[a.base.dtype]}[{', '.join(map(str, a.block_shape))}]>"
-    if isinstance(a, torch.Tensor):
-        return "*" + TL[a.dtype]
-    return "fp32" if isinstance(a, float) else "i1" if isinstance(a, bool) else "i32" if abs(a) < 2**31 else "i64"
 
 
 class Recorder:
@@ -47,7 +38,7 @@ class Recorder:
 
     def record(self, name: str, *args, num_warps=4, num_stages=3, **constexprs):
         params = [p.name for p in getattr(kernels, name).params if not p.is_constexpr]
-        inst = {"kernel": name, "signature": {**{p: arg_type(a) for p, a in zip(params, args)},
+        inst = {"kernel": name, "signature": {**{p: mangle_type(a) for p, a in zip(params, args)},
                                               **{k: "constexpr" for k in constexprs}},
                 "constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages, "pass": self.phase}
         found = self.launches.setdefault(json.dumps(inst, sort_keys=True), {**inst, "nodes": []})
@@ -56,8 +47,7 @@ class Recorder:
 
 def meta_env(graph: Graph, tokens: int, grads: bool) -> dict:
     """A meta tensor (shape and dtype, no data) for every value; the token dimension is `tokens` long."""
-    first = next((d for d in reversed(graph.inputs[0].type.shape) if isinstance(d, str)), None) if graph.inputs \
-        else None
+    first = next((d for v in graph.inputs[:1] for d in reversed(v.type.shape) if isinstance(d, str)), None)
     env = {}
     for name, v in graph.values().items():
         shape = [d if isinstance(d, int) else tokens if d == first else 1 for d in v.type.shape]
@@ -66,14 +56,13 @@ def meta_env(graph: Graph, tokens: int, grads: bool) -> dict:
     return env
 
 
-def instances(graph: Graph, target: str, cache_dir: Path, tokens: int, backward: bool) -> list[dict]:
-    """Every kernel instance the executable launches on the target for `tokens` tokens."""
-    kind, arch = target.split(":")
-    exe = TritonExecutable(graph, Device(kind, 0, "", "", arch, 0, ""), TuningCache(cache_dir))
+def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
+    """Every kernel instance the executable launches on the target for options.tokens tokens."""
+    exe, tokens = TritonExecutable(graph, device, TuningCache(options.cache_path())), options.tokens
     recorder = launch.recorder = Recorder(target)
     try:
         exe.execute(meta_env(graph, tokens, False), grads=False)
-        if backward:
+        if options.backward:
             recorder.phase, env = "training", meta_env(graph, tokens, True)
             exe.execute(env, grads=True)
             outs = [env[v.name] for n in graph.nodes if n.op in OPS for v in n.outputs if env[v.name].grad_fn]
@@ -104,13 +93,13 @@ def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Pa
     return {"shared_memory": compiled.metadata.shared, "name": compiled.metadata.name, "stages": list(stages)}
 
 
-def lower_graph(graph: Graph, target: str, out_dir: Path, options, not_lowered: list[dict]) -> dict:
+def lower_graph(graph: Graph, target: str, device: Device, out_dir: Path, options, not_lowered: list) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     store, instr = Store(options.cache_path() / "lower", "triton"), MATRIX_INSTRUCTIONS[target.split(":")[1]]
     binary = ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
     stages = (*options.stages, *binary)
     entries = []
-    for i, inst in enumerate(instances(graph, target, options.cache_path(), options.tokens, options.backward)):
+    for i, inst in enumerate(instances(graph, target, device, options)):
         key = make_key(source=getattr(kernels, inst["kernel"]).cache_key,   # its source and the @jit helpers it calls
                        instance={k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
                        target=target, stages=sorted(options.stages), triton=triton.__version__)
