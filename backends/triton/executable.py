@@ -1,5 +1,5 @@
 """Runs a graph with the Triton kernels (the run-time planning). In inference a MoE chain (ir.rewrites) runs
-fused (launch.moe_ffn); when gradients are wanted every node runs through the autograd Functions (each op has a
+fused (launch.moe_ffn); when gradients are wanted every node runs through its autograd Function (each op has a
 Triton backward), with the gate_up GEMM and its SwiGLU fused. Nothing here waits on the device: offsets are
 checked only when they come from outside the graph (expert indices fed in are checked by the base class)."""
 
@@ -18,10 +18,8 @@ from . import autograd as fn
 from .tuning import TuningCache, limits_for, variant
 
 
-def check_offsets(offsets: torch.Tensor, rows: int, experts: int, node: Node):
-    bounds = offsets.tolist()
-    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or any(
-            a > b for a, b in zip(bounds, bounds[1:])):
+def check_offsets(bounds: list[int], rows: int, experts: int, node: Node):
+    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or bounds != sorted(bounds):
         raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {rows} rows over {experts} "
                       "experts", node.name, node.op)
 
@@ -53,22 +51,20 @@ class TritonExecutable(Executable):
         env[chain.combine.outputs[0].name] = launch.moe_ffn(x, idx, weights, gate_up, down, cfg_gate_up, cfg_down)
 
     def run_node(self, node: Node, env: dict):
-        args, a = [None if i is None else env[i] for i in node.inputs], node.attrs
+        args = [None if i is None else env[i] for i in node.inputs]
         if node.op == "router":
-            out = fn.RouterFn.apply(*args, a)
+            out = fn.RouterFn.apply(*args, node.attrs)
         elif node.op == "dispatch":
-            out = fn.DispatchFn.apply(*args, a["num_experts"])
+            out = fn.DispatchFn.apply(*args, node.attrs["num_experts"])
         elif node.op == "grouped_matmul":
             x, w, offsets = args
             if node.inputs[2] in self.outside and offsets.device.type != "meta":
-                check_offsets(offsets, x.shape[0], w.shape[0], node)
+                check_offsets(offsets.tolist(), x.shape[0], w.shape[0], node)
             act = self.fused.get(node.name)
             out = fn.GroupedMatmulFn.apply(x, w, offsets, self.gemm_config(x, w, act is not None), act is not None)
             node = act or node             # a fused SwiGLU's output is what the kernel computed
-        elif node.op == "swiglu":
-            out = fn.SwigluFn.apply(*args)
         else:
-            out = fn.CombineFn.apply(*args)
+            out = (fn.SwigluFn if node.op == "swiglu" else fn.CombineFn).apply(*args)
         env.update(zip((v.name for v in node.outputs), out if isinstance(out, tuple) else (out,)))
 
     def run(self, inputs: Mapping, params: Mapping) -> list:
@@ -86,7 +82,8 @@ class TritonExecutable(Executable):
             chain = None if grads else self.chains.get(node.name)
             nodes = chain.nodes if chain else [node, *filter(None, [self.fused.get(node.name)])]
             done |= {n.name for n in nodes}
-            launch.attribute([n.name for n in nodes])
+            if launch.recorder:
+                launch.recorder.nodes = [n.name for n in nodes]
             if chain:
                 self.run_chain(chain, env)
             else:

@@ -18,7 +18,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from . import kernels
 from .tuning import GemmConfig
 
-recorder = None               # a ..lower.Recorder while lowering records the launches
+recorder = None     # while lowering: the ..lower.Recorder that takes launches on meta tensors
 _LOCK = threading.Lock()
 _interpreted = functools.cache(InterpretedFunction)
 
@@ -58,12 +58,6 @@ def run(name: str, grid: tuple, *args, **kwargs):
     if device == "cpu":
         return interpret(getattr(kernels, name).fn, grid, *args, **kwargs)
     return getattr(kernels, name)[grid](*args, **kwargs)
-
-
-def attribute(nodes: list[str]):
-    """The graph nodes the next launches serve (for the lowering manifest)."""
-    if recorder:
-        recorder.nodes = nodes
 
 
 def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:

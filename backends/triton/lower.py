@@ -67,7 +67,7 @@ def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
             exe.execute(env, grads=True)
             outs = [env[v.name] for n in graph.nodes if n.op in OPS for v in n.outputs if env[v.name].grad_fn]
             recorder.phase = "backward"
-            launch.attribute([n.name for n in graph.nodes if n.op in OPS])
+            recorder.nodes = [n.name for n in graph.nodes if n.op in OPS]
             torch.autograd.backward([t.float().sum() for t in outs])
     finally:
         launch.recorder = None

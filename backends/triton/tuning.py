@@ -1,14 +1,12 @@
 """Tile configs of the grouped GEMM, keyed by device arch, launched variant ("plain", "swiglu",
 "swiglu+gather": a fused epilogue holds two weight tiles, so it is sized and tuned on its own), dtype, N, K
-and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds).
-
-Lookup: autotuned results (cache_dir/tuned.json), else the shipped table tuned/defaults.json (per arch family
-and bucket) shrunk to fit the device's shared memory and registers, with a note saying so."""
+and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds). Lookup: autotuned
+results (cache_dir/tuned.json), else the shipped table tuned/defaults.json (per arch family and bucket)
+shrunk, fewer stages then narrower N tiles, to fit the device's shared memory and registers, with a note."""
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -66,17 +64,9 @@ def shared_bytes(cfg: GemmConfig, variant: str, elem: int) -> int:
 
 
 def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
-    accumulators = cfg.block_m * cfg.block_n * (2 if variant.startswith("swiglu") else 1)
-    per_thread = accumulators / (limits.warp_size * cfg.num_warps)
+    """Shared memory, and the fp32 accumulators (two with swiglu) within 3/4 of each thread's registers."""
+    per_thread = cfg.block_m * cfg.block_n * (1 + variant.startswith("swiglu")) / (limits.warp_size * cfg.num_warps)
     return shared_bytes(cfg, variant, elem) <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
-
-
-def shrink(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> GemmConfig:
-    """Fewer stages, then narrower N tiles, until the config fits the device."""
-    while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
-        cfg = replace(cfg, num_stages=cfg.num_stages - 1) if cfg.num_stages > 2 else replace(
-            cfg, block_n=cfg.block_n // 2)
-    return cfg
 
 
 def bucket(rows_per_expert: int) -> str:
@@ -85,7 +75,7 @@ def bucket(rows_per_expert: int) -> str:
 
 @functools.cache
 def default_tables() -> dict:
-    return json.loads((Path(__file__).parent / "tuned" / "defaults.json").read_text())
+    return read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
 
 
 class TuningCache:
@@ -112,8 +102,10 @@ class TuningCache:
         tables = default_tables()
         family = next((tables[f] for f in (arch, arch[:5], arch[:4]) if f in tables), tables["generic"])
         table = family.get(dtype, family["any"])
-        cfg = GemmConfig(**table.get(bucket(rows_per_expert), table["large"]))
-        cfg = shrink(cfg, variant, elem, limits or limits_for(arch))
+        cfg, limits = GemmConfig(**table.get(bucket(rows_per_expert), table["large"])), limits or limits_for(arch)
+        while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
+            fewer = {"num_stages": cfg.num_stages - 1} if cfg.num_stages > 2 else {"block_n": cfg.block_n // 2}
+            cfg = replace(cfg, **fewer)
         return cfg, (f"untuned default tile config {asdict(cfg)} for {arch}/{variant}/{dtype}/n{n}/k{k}/"
                      f"m{bucket(rows_per_expert)}: run autotune() on this device to tune it")
 
