@@ -1,8 +1,6 @@
-"""torch.autograd.Functions around the Triton kernels, and the launches of the backward kernels (same device
-rules as .launch). The router's backward is torch autograd through the IR's meaning (logits -> scores ->
-weights, float32) for the experts the kernel selected. The fused gate_up + SwiGLU recomputes gate_up from
-the saved input in its backward (one more GEMM instead of keeping R x 2F alive).
-
+"""torch.autograd.Functions around the Triton kernels, and the backward kernels' launches (as in .launch).
+The router's backward is torch autograd through the IR's meaning (float32) for the experts the kernel
+selected; the fused gate_up + SwiGLU recomputes gate_up in its backward instead of keeping R x 2F alive.
 Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F = N/2."""
 
 from __future__ import annotations

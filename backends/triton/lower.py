@@ -1,10 +1,8 @@
-"""Ahead-of-time lowering: every kernel instance the executable would launch, compiled by Triton for a named
-GPU target on any machine (no GPU needed): PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD), intermediate stages
-on request, and manifest.json. The instances are found by running the executable on meta tensors with the
-launches recorded, so what is lowered is what runs; with options.backward the training forward
-("pass": "training", op by op) and the backward kernels too. Compiled kernels live in the backends' trusted
-artifact store (cache_dir/lower/), keyed by kernel source, signature, constexprs, launch options, target and
-Triton version, and verified against their digests on every load."""
+"""Ahead-of-time lowering for a named GPU target on any machine: PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD),
+intermediate stages on request, and manifest.json, for every kernel instance the executable launches when run
+on meta tensors (so what is lowered is what runs; with options.backward the op-by-op "training" forward and
+the "backward" kernels too). Compiled kernels live in the backends' trusted artifact store (cache_dir/lower/),
+keyed by kernel source, instance, target and Triton version, and verified against their digests on load."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """The grouped GEMM of the MoE layer (vLLM-style fused MoE): y[row] = a[row // A_DIV] @ w[e]^T for the rows
-of each expert e, fp32 accumulation.
-
-Legend: R rows or (token, k) pairs, E experts, N out features, K in features, F = N/2 (SwiGLU).
-moe_align (..launch) lays each expert's rows out in slots padded to BLOCK_M, so an M-block belongs to one
-expert (block_expert[m], -1 past the last block): computed on the device, no host sync. A_DIV = top_k
+of each expert e, fp32 accumulation, one expert per M-block (..launch.moe_align's slots). A_DIV = top_k
 gathers each pair's token row straight from x (no copied rows); A_DIV = 1 reads rows as they are.
-Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T) with Wg = w[e, :F], Wu = w[e, F:], rounding like
+Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T), Wg = w[e, :F], Wu = w[e, F:] (F = N/2), rounding like
 grouped_matmul then swiglu; SCALE multiplies row r by scale[r] (the routing weight: combine becomes a sum).
 W_TMA: the weights come through a tensor descriptor (TMA, cp.async.bulk.tensor on sm_90 with wgmma);
 otherwise through pointers (any GPU, the interpreter). Programs are ordered GROUP_M M-blocks at a time so
