@@ -2,15 +2,14 @@
 one source for every device: compiled on CUDA and ROCm, run by Triton's interpreter on the CPU (slow; its
 bfloat16 tl.dot is wrong, so bfloat16 is declined there). Dense ops run on other backends.
 
-Rooms: this file (the plug-in and its support table); executable.py (run-time planning: the fused MoE
-chain of ir.rewrites, op by op when gradients are wanted; autograd.py: every op has a Triton backward);
-launch.py, launch_bwd.py (torch tensors to launches); kernels/; tuning.py (tile tables, device limits,
-autotune); lower.py (ahead of time: PTX/cubin, AMDGCN/hsaco and manifest.json, from the launches the
-executable records on meta tensors)."""
+Rooms: this file (the plug-in, its options and support table); executable.py (run-time planning and the
+executable); launch.py and autograd.py (torch tensors to kernel launches, forward and backward); kernels/;
+tuning.py (tile tables, device limits, autotune); lower.py (ahead of time: PTX/cubin, AMDGCN/hsaco and
+manifest.json, from the launches the executable records on meta tensors)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ...ir import DType, Graph
@@ -21,6 +20,9 @@ OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine")
 TARGETS = ("cuda:sm_80", "cuda:sm_90", "cuda:sm_100", "rocm:gfx90a", "rocm:gfx942", "rocm:gfx1100")
 STAGES = ("ttir", "ttgir", "llir")
 BF16_CPU = "Triton 3.9's interpreter returns garbage for bfloat16 tl.dot; bfloat16 runs on CUDA/ROCm only"
+MAX_EXPERTS = 1024
+DECLINED = {"float64": "Triton has no float64 tensor-core dot; use the reference",
+            **dict.fromkeys(("float8_e4m3fn", "float8_e4m3fnuz"), "fp8 compute is not defined yet")}
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,30 @@ class TritonOptions(BackendOptions):
             raise BackendError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
         object.__setattr__(self, "stages", tuple(self.stages))
 
+    @classmethod
+    def of(cls, options: BackendOptions) -> TritonOptions:
+        """options as TritonOptions: plain BackendOptions keep every shared field."""
+        return options if isinstance(options, cls) else cls(**{f.name: getattr(options, f.name)
+                                                                for f in fields(BackendOptions)})
+
     def cache_path(self) -> Path:
         return self.cache_root("triton")
+
+
+def check_shapes(graph: Graph):
+    """Refuses, before any launch, shapes the kernels do not handle (static dims they need)."""
+    types = graph.types()
+    for node in graph.nodes:
+        if node.op == "router" and types[node.inputs[1]].shape[0] > MAX_EXPERTS:
+            raise BackendError(f"triton: node '{node.name}' has more than {MAX_EXPERTS} experts")
+        if node.op == "grouped_matmul":
+            E, N, K = types[node.inputs[1]].shape
+            if not all(isinstance(d, int) for d in (E, N, K)):
+                raise BackendError(f"triton: node '{node.name}' needs a static weight shape, got {(E, N, K)}")
+            if E > MAX_EXPERTS:
+                raise BackendError(f"triton: node '{node.name}' has {E} experts > {MAX_EXPERTS}")
+        if node.op == "combine" and not isinstance(types[node.inputs[2]].shape[-1], int):
+            raise BackendError(f"triton: node '{node.name}' needs a static top_k")
 
 
 class TritonBackend(Backend):
@@ -46,21 +70,15 @@ class TritonBackend(Backend):
     targets = TARGETS
 
     def availability(self, device: Device) -> str | None:
-        if device.kind in ("cpu", "cuda", "rocm"):
-            return import_failure("triton") or (import_failure("triton.runtime.interpreter")
-                                                if device.kind == "cpu" else None)
-        return f"triton: runs on CUDA, ROCm and the CPU (interpreter), not on {device.kind}"
+        if device.kind not in ("cpu", "cuda", "rocm"):
+            return f"triton: runs on CUDA, ROCm and the CPU (interpreter), not on {device.kind}"
+        return import_failure("triton") or (import_failure("triton.runtime.interpreter") if device.kind == "cpu"
+                                            else None)
 
     def support(self, device: Device) -> Support:
-        floats = {DType.float32, DType.float16}
-        fp8 = "fp8 compute is not defined yet"
-        declined = {"float64": "Triton has no float64 tensor-core dot; use the reference",
-                    "float8_e4m3fn": fp8, "float8_e4m3fnuz": fp8}
-        if device.kind == "cpu":
-            declined["bfloat16"] = BF16_CPU
-        else:
-            floats.add(DType.bfloat16)
-        return Support({op: frozenset(floats) for op in OPS}, declined)
+        cpu = device.kind == "cpu"          # the interpreter's bfloat16 dot is wrong
+        floats = {DType.float32, DType.float16} | (set() if cpu else {DType.bfloat16})
+        return Support({op: frozenset(floats) for op in OPS}, {**DECLINED, **({"bfloat16": BF16_CPU} if cpu else {})})
 
     def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
         from .executable import TritonExecutable
@@ -68,49 +86,22 @@ class TritonBackend(Backend):
 
         self.require_supported(graph, device)
         check_shapes(graph)
-        opts = options if isinstance(options, TritonOptions) else TritonOptions(cache_dir=options.cache_dir)
-        return TritonExecutable(graph, device, TuningCache(opts.cache_path()))
+        return TritonExecutable(graph, device, TuningCache(TritonOptions.of(options).cache_path()))
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
-        from .lower import lower_graph
-
         self.check_target(target)
         if import_failure("triton"):
             raise BackendError(import_failure("triton"))
-        device = Device(target.split(":")[0], 0, "", "", target.split(":")[1], 0, "")
-        not_lowered = []
+        from .lower import lower_graph
+
+        kind, arch = target.split(":")
+        device, not_lowered = Device(kind, 0, "", "", arch, 0, ""), []
         for node, reason in self.unsupported(graph, device):
             if node.op in OPS:
                 raise BackendError(f"triton cannot lower node '{node.name}' (op {node.op}) for {target}: {reason}")
             not_lowered.append({"node": node.name, "op": node.op, "reason": reason})
         check_shapes(graph)
-        opts = options if isinstance(options, TritonOptions) else TritonOptions(cache_dir=options.cache_dir)
-        return lower_graph(graph, target, Path(out_dir), opts, not_lowered)
+        return lower_graph(graph, target, device, Path(out_dir), TritonOptions.of(options), not_lowered)
 
 
-MAX_EXPERTS = 1024
-
-
-def check_shapes(graph: Graph):
-    """Refuses, before any launch, shapes the kernels do not handle (static dims they need)."""
-    values = graph.values()
-    for node in graph.nodes:
-        if node.op == "router" and values[node.inputs[1]].type.shape[0] > MAX_EXPERTS:
-            raise BackendError(f"triton: node '{node.name}' has more than {MAX_EXPERTS} experts")
-        if node.op == "grouped_matmul":
-            E, N, K = values[node.inputs[1]].type.shape
-            if not all(isinstance(d, int) for d in (E, N, K)):
-                raise BackendError(f"triton: node '{node.name}' needs a static weight shape, got {(E, N, K)}")
-            if E > MAX_EXPERTS:
-                raise BackendError(f"triton: node '{node.name}' has {E} experts > {MAX_EXPERTS}")
-        if node.op == "combine" and not isinstance(values[node.inputs[2]].type.shape[-1], int):
-            raise BackendError(f"triton: node '{node.name}' needs a static top_k")
-
-
-def lower_summary(manifest: dict) -> str:
-    from .lower import summary
-
-    return summary(manifest)
-
-
-__all__ = ["TritonBackend", "TritonOptions", "lower_summary"]
+__all__ = ["TritonBackend", "TritonOptions"]

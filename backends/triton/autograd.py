@@ -1,16 +1,42 @@
-"""torch.autograd.Functions around the Triton kernels; each backward runs Triton kernels too, except the
-router's: torch autograd through the reference math (logits -> scores -> weights, float32) for the experts
-the kernel selected. The fused gate_up + SwiGLU recomputes gate_up from the saved input in its backward
-(one more GEMM instead of keeping R x 2F alive). Legend: T tokens, H hidden, E experts, K top-k,
-R = T*K rows, N out features, F = N/2."""
+"""torch.autograd.Functions around the Triton kernels, and the backward kernels' launches (as in .launch).
+The router's backward is torch autograd through the IR's meaning (float32) for the experts the kernel
+selected; the fused gate_up + SwiGLU recomputes gate_up in its backward instead of keeping R x 2F alive.
+Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F = N/2."""
 
 from __future__ import annotations
 
 import torch
+import triton
 
 from ...ir.meanings import router_scores, routing_weights
-from . import launch, launch_bwd
+from . import launch
+from .launch import pow2, run
 from .tuning import GemmConfig
+
+
+def grouped_matmul_dw(dy_RN, x_RK, offsets, num_experts: int, cfg: GemmConfig):
+    """dw[e] = dy[seg e]^T @ x[seg e]; zeros for experts without rows."""
+    N, K = dy_RN.shape[1], x_RK.shape[1]
+    dw_ENK = torch.empty(num_experts, N, K, dtype=x_RK.dtype, device=x_RK.device)
+    if dw_ENK.numel():
+        # rows are the reduction here; the N x K fp32 accumulator is capped at 128 x 128 (registers)
+        tiles = {"BLOCK_M": cfg.block_k, "BLOCK_N": min(cfg.block_m, 128), "BLOCK_K": min(cfg.block_n, 128)}
+        run("grouped_gemm_dw_kernel", (num_experts, triton.cdiv(N, tiles["BLOCK_N"]), triton.cdiv(K, tiles["BLOCK_K"])),
+            dy_RN.contiguous(), x_RK.contiguous(), dw_ENK, offsets.contiguous(), N, K,
+            PRECISION=launch.dot_precision(dy_RN), **tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dw_ENK
+
+
+def swiglu_bwd(gate_up_M2F, dh_MF):
+    """d(gate_up) from the pre-activation gate_up = [g, u] and the output gradient dh."""
+    F = dh_MF.shape[-1]
+    gu = gate_up_M2F.reshape(-1, 2 * F).contiguous()
+    dgu = torch.empty_like(gu)
+    if gu.shape[0] and F:
+        block = min(pow2(F), 256)
+        run("swiglu_bwd_kernel", (gu.shape[0], triton.cdiv(F, block)), gu, dh_MF.reshape(-1, F).contiguous(), dgu,
+            F, BLOCK_F=block)
+    return dgu.reshape(gate_up_M2F.shape)
 
 
 class GroupedMatmulFn(torch.autograd.Function):
@@ -22,13 +48,12 @@ class GroupedMatmulFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x_RK, weight_ENK, offsets = ctx.saved_tensors
+        x_RK, w_ENK, offsets = ctx.saved_tensors
         if ctx.swiglu:
-            gate_up_RN = launch.grouped_matmul(x_RK, weight_ENK, offsets, ctx.cfg)
-            dy = launch_bwd.swiglu_bwd(gate_up_RN, dy)
-        dx = launch_bwd.grouped_matmul_dx(dy, weight_ENK, offsets, ctx.cfg) if ctx.needs_input_grad[0] else None
-        dw = launch_bwd.grouped_matmul_dw(dy, x_RK, offsets, weight_ENK.shape[0], ctx.cfg) \
-            if ctx.needs_input_grad[1] else None
+            dy = swiglu_bwd(launch.grouped_matmul(x_RK, w_ENK, offsets, ctx.cfg), dy)
+        need_x, need_w = ctx.needs_input_grad[:2]
+        dx = launch.grouped_matmul(dy, w_ENK.transpose(1, 2).contiguous(), offsets, ctx.cfg) if need_x else None
+        dw = grouped_matmul_dw(dy, x_RK, offsets, w_ENK.shape[0], ctx.cfg) if need_w else None
         return dx, dw, None, None, None
 
 
@@ -40,8 +65,7 @@ class SwigluFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        return launch_bwd.swiglu_bwd(x, dy)
+        return swiglu_bwd(*ctx.saved_tensors, dy)
 
 
 class CombineFn(torch.autograd.Function):
@@ -53,8 +77,14 @@ class CombineFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         y_RH, order_R, weights = ctx.saved_tensors
-        dy, dw = launch_bwd.combine_bwd(y_RH, order_R, weights, dout)
-        return dy, None, dw
+        H = y_RH.shape[-1]
+        dy_RH = torch.zeros(y_RH.shape, dtype=y_RH.dtype, device=y_RH.device)   # zeros_like keeps odd strides
+        dw = torch.zeros(weights.numel(), dtype=weights.dtype, device=weights.device)
+        if order_R.numel() and H:
+            run("combine_bwd_kernel", (order_R.numel(),), y_RH.contiguous(), order_R.contiguous(),
+                weights.reshape(-1).contiguous(), dout.reshape(-1, H).contiguous(), dy_RH, dw, H,
+                TOP_K=weights.shape[-1], BLOCK_H=min(pow2(H), 256))
+        return dy_RH, None, dw.reshape(weights.shape)
 
 
 class DispatchFn(torch.autograd.Function):
@@ -68,15 +98,12 @@ class DispatchFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, drows_RH, _offsets, _order):
+        """dx[t] = the sum of the gradients of the rows copied from token t: combine with unit weights."""
         (order_R,) = ctx.saved_tensors
-        return launch_bwd.dispatch_bwd(drows_RH, order_R, ctx.x_shape, ctx.top_k), None, None
-
-
-def router_weights(x, weight, bias, idx_TK, *, scoring, normalize, scaling, **_):
-    """The reference's router math from logits to the routing weights, for the given selection."""
-    logits_TE, scores_TE = router_scores(x.reshape(-1, x.shape[-1]).float(), weight, bias, scoring)
-    idx_TK = idx_TK.reshape(-1, idx_TK.shape[-1])
-    return routing_weights(scores_TE, idx_TK, scoring=scoring, normalize=normalize, scaling=scaling), logits_TE
+        if not ctx.top_k:
+            return drows_RH.new_zeros(ctx.x_shape), None, None
+        ones = drows_RH.new_ones(order_R.numel() // ctx.top_k, ctx.top_k)
+        return launch.combine(drows_RH, order_R, ones).reshape(ctx.x_shape), None, None
 
 
 class RouterFn(torch.autograd.Function):
@@ -91,13 +118,13 @@ class RouterFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dweights, _idx, dlogits):
         x, weight, bias, idx_TK = ctx.saved_tensors
+        a = ctx.attrs
+        leaves = [t if t is None else t.detach().requires_grad_() for t in (x, weight, bias)]
         with torch.enable_grad():
-            leaves = [None if t is None else t.detach().requires_grad_(need)
-                      for t, need in zip((x, weight, bias), ctx.needs_input_grad)]
-            w_TK, logits_TE = router_weights(*leaves, idx_TK, **ctx.attrs)
-            wrt = [t for t in leaves if t is not None and t.requires_grad]
-            got = iter(torch.autograd.grad(
-                (w_TK, logits_TE), wrt, (dweights.reshape(w_TK.shape).float(), dlogits.reshape(logits_TE.shape)),
-                allow_unused=True))
-        grads = [next(got) if t is not None and t.requires_grad else None for t in leaves]
-        return (*grads, None, None)
+            logits_TE, scores_TE = router_scores(leaves[0].reshape(-1, x.shape[-1]).float(), *leaves[1:], a["scoring"])
+            w_TK = routing_weights(scores_TE, idx_TK.reshape(-1, idx_TK.shape[-1]), scoring=a["scoring"],
+                                   normalize=a["normalize"], scaling=a["scaling"])
+            got = iter(torch.autograd.grad((w_TK, logits_TE), [t for t in leaves if t is not None],
+                                           (dweights.reshape(w_TK.shape).float(), dlogits.reshape(logits_TE.shape)),
+                                           allow_unused=True))
+        return (*(None if t is None else next(got) for t in leaves), None, None)

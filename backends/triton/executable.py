@@ -1,7 +1,7 @@
-"""Runs a graph with the Triton kernels (the run-time planning). In inference a MoE chain (ir.rewrites)
-runs fused (launch.moe_ffn); when gradients are wanted every node runs through the autograd Functions of .autograd
-(each op has a Triton backward), with the gate_up GEMM and its SwiGLU fused. Nothing here waits on the
-device: index checks run only on values that come from outside the graph."""
+"""Runs a graph with the Triton kernels (the run-time planning). In inference a MoE chain (ir.rewrites) runs
+fused (launch.moe_ffn); when gradients are wanted every node runs through its autograd Function (each op has a
+Triton backward), with the gate_up GEMM and its SwiGLU fused. Nothing here waits on the device: offsets are
+checked only when they come from outside the graph (expert indices fed in are checked by the base class)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,15 @@ from ...ir import Graph, IRError, Node
 from ...ir.rewrites import moe_chains, swiglu_epilogues
 from ..base import Executable
 from ..devices import Device
+from . import OPS, launch
 from . import autograd as fn
-from . import launch
 from .tuning import TuningCache, limits_for, variant
 
 
-def check_offsets(offsets: torch.Tensor, rows: int, experts: int, node: Node):
-    if offsets.device.type == "meta":
-        return
-    bounds = offsets.tolist()
-    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or any(
-            a > b for a, b in zip(bounds, bounds[1:])):
+def check_offsets(bounds: list[int], rows: int, experts: int, node: Node):
+    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or bounds != sorted(bounds):
         raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {rows} rows over {experts} "
                       "experts", node.name, node.op)
-
-
-def check_indices(indices: torch.Tensor, experts: int, node: Node):
-    if indices.numel() and indices.device.type != "meta" and (int(indices.min()) < 0 or int(indices.max()) >= experts):
-        raise IRError(f"expert index out of range [0, {experts})", node.name, node.op)
 
 
 class TritonExecutable(Executable):
@@ -39,7 +30,7 @@ class TritonExecutable(Executable):
     def __init__(self, graph: Graph, device: Device, cache: TuningCache):
         super().__init__(graph, device)
         self.cache, self.fused, self.chains = cache, swiglu_epilogues(graph), moe_chains(graph)
-        self.outside = {v.name for v in graph.inputs} | {v.name for v in graph.params}
+        self.outside = {v.name for v in (*graph.inputs, *graph.params)}
         self.limits = None if device.kind == "cpu" else limits_for(device.arch, device.torch_device)
         self.notes: list[str] = []
 
@@ -55,58 +46,45 @@ class TritonExecutable(Executable):
     def run_chain(self, chain, env: dict):
         x, idx = (env[i] for i in chain.dispatch.inputs[:2])
         gate_up, down, weights = env[chain.gate_up.inputs[1]], env[chain.down.inputs[1]], env[chain.combine.inputs[2]]
-        if chain.dispatch.inputs[1] in self.outside:
-            check_indices(idx, chain.dispatch.attrs["num_experts"], chain.dispatch)
-        rows = idx.numel()
-        cfg_gu = self.gemm_config(x, gate_up, True, True, rows)
-        cfg_d = self.gemm_config(x, down, False, rows=rows)
-        env[chain.combine.outputs[0].name] = launch.moe_ffn(x, idx, weights, gate_up, down, cfg_gu, cfg_d)
+        cfg_gate_up = self.gemm_config(x, gate_up, True, True, idx.numel())
+        cfg_down = self.gemm_config(x, down, False, rows=idx.numel())
+        env[chain.combine.outputs[0].name] = launch.moe_ffn(x, idx, weights, gate_up, down, cfg_gate_up, cfg_down)
 
-    def run_node(self, node: Node, args: list, env: dict):
-        a = node.attrs
+    def run_node(self, node: Node, env: dict):
+        args = [None if i is None else env[i] for i in node.inputs]
         if node.op == "router":
-            return fn.RouterFn.apply(*args, a)
-        if node.op == "dispatch":
-            if node.inputs[1] in self.outside:
-                check_indices(args[1], a["num_experts"], node)
-            return fn.DispatchFn.apply(*args, a["num_experts"])
-        if node.op == "grouped_matmul":
+            out = fn.RouterFn.apply(*args, node.attrs)
+        elif node.op == "dispatch":
+            out = fn.DispatchFn.apply(*args, node.attrs["num_experts"])
+        elif node.op == "grouped_matmul":
             x, w, offsets = args
-            if node.inputs[2] in self.outside:
-                check_offsets(offsets, x.shape[0], w.shape[0], node)
-            swiglu = self.fused.get(node.name)
-            y = fn.GroupedMatmulFn.apply(x, w, offsets, self.gemm_config(x, w, swiglu is not None), swiglu is not None)
-            if swiglu is not None:
-                env[swiglu.outputs[0].name] = y
-            return y
-        if node.op == "swiglu":
-            return fn.SwigluFn.apply(*args)
-        if node.op == "combine":
-            return fn.CombineFn.apply(*args)
-        raise IRError("the Triton backend has no kernel for this op", node.name, node.op)
+            if node.inputs[2] in self.outside and offsets.device.type != "meta":
+                check_offsets(offsets.tolist(), x.shape[0], w.shape[0], node)
+            act = self.fused.get(node.name)
+            out = fn.GroupedMatmulFn.apply(x, w, offsets, self.gemm_config(x, w, act is not None), act is not None)
+            node = act or node             # a fused SwiGLU's output is what the kernel computed
+        else:
+            out = (fn.SwigluFn if node.op == "swiglu" else fn.CombineFn).apply(*args)
+        env.update(zip((v.name for v in node.outputs), out if isinstance(out, tuple) else (out,)))
 
     def run(self, inputs: Mapping, params: Mapping) -> list:
         env = {**inputs, **params}
-        grads = torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in env.values())
-        self.execute(env, grads)
+        self.execute(env, torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in env.values()))
         return [env[o] for o in self.graph.outputs]
 
-    def execute(self, env: dict, grads: bool, only: frozenset[str] | None = None):
-        """Runs the nodes (those in `only`, when given) in order; each node's outputs go into env."""
+    def execute(self, env: dict, grads: bool):
+        """Runs the MoE nodes in order, each node's outputs into env (lowering runs a whole model's graph with
+        every value in env as a meta tensor, so the dense nodes are skipped)."""
         done = set()
         for node in self.graph.nodes:
-            if node.name in done or (only is not None and node.op not in only):
+            if node.op not in OPS or node.name in done:
                 continue
             chain = None if grads else self.chains.get(node.name)
-            if chain is not None:
-                launch.attribute([n.name for n in chain.nodes])
+            nodes = chain.nodes if chain else [node, *filter(None, [self.fused.get(node.name)])]
+            done |= {n.name for n in nodes}
+            if launch.recorder:
+                launch.recorder.nodes = [n.name for n in nodes]
+            if chain:
                 self.run_chain(chain, env)
-                done |= {n.name for n in chain.nodes}
-                continue
-            launch.attribute([node.name])
-            if node.name in self.fused:
-                done.add(self.fused[node.name].name)
-            result = self.run_node(node, [None if i is None else env[i] for i in node.inputs], env)
-            if node.name not in self.fused:
-                results = result if isinstance(result, tuple) else (result,)
-                env.update((v.name, r) for v, r in zip(node.outputs, results))
+            else:
+                self.run_node(node, env)

@@ -1,15 +1,12 @@
-"""Tile configurations of the grouped GEMM, one per launched variant ("plain", "swiglu", "swiglu+gather":
-a fused epilogue needs twice the weight tiles, so it is tuned and sized on its own), device arch, dtype,
-N, K and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds).
-
-Lookup: autotuned results (cache_dir/tuned.json), then the tile table shipped in tuned/defaults.json (per
-arch family and bucket), shrunk until it fits the device's shared memory and registers; anything but a
-tuned hit comes with a note. Autotune drops configs over the device's limits before timing them and stores
-only a config that ran."""
+"""Tile configs of the grouped GEMM, keyed by device arch, launched variant ("plain", "swiglu",
+"swiglu+gather": a fused epilogue holds two weight tiles, so it is sized and tuned on its own), dtype, N, K
+and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds). Lookup: autotuned
+results (cache_dir/tuned.json), else the shipped table tuned/defaults.json (per arch family and bucket)
+shrunk, fewer stages then narrower N tiles, to fit the device's shared memory and registers, with a note."""
 
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -17,7 +14,6 @@ import triton
 
 from ..cache import read_json, warn, write_json
 
-DEFAULTS_FILE = Path(__file__).parent / "tuned" / "defaults.json"
 BUCKETS = (16, 32, 64, 128, 256)
 
 
@@ -29,19 +25,17 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 CPU_CONFIG = GemmConfig(16, 16, 16, 1, 1)   # the interpreter: small tiles keep numpy work low
+CANDIDATES = tuple(GemmConfig(*c) for c in (
+    (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+    (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3)))
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one program may use on a device: shared memory per block (bytes), registers per thread."""
-
-    shared_memory: int
-    registers: int = 255
+    shared_memory: int        # bytes per block
+    registers: int = 255      # per thread
     warp_size: int = 32
 
 
@@ -51,12 +45,11 @@ SHARED_MEMORY = {"sm_90": 232448, "sm_10": 232448, "sm_80": 166912, "sm_86": 101
 
 
 def limits_for(arch: str, torch_device: str | None = None) -> Limits:
-    shared = next((v for k, v in SHARED_MEMORY.items() if arch.startswith(k)), 49152)
     import torch
 
+    shared = next((v for k, v in SHARED_MEMORY.items() if arch.startswith(k)), 49152)
     if torch_device and torch_device.startswith("cuda") and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch_device)
-        shared = getattr(props, "shared_memory_per_block_optin", shared) or shared
+        shared = getattr(torch.cuda.get_device_properties(torch_device), "shared_memory_per_block_optin", 0) or shared
     return Limits(shared, 512, 64) if arch.startswith("gfx9") else Limits(shared)
 
 
@@ -65,31 +58,24 @@ def variant(swiglu: bool, gather: bool = False) -> str:
 
 
 def shared_bytes(cfg: GemmConfig, variant: str, elem: int) -> int:
-    """Pipelined tiles: each stage holds an M x K tile of the input and one (two with swiglu) N x K weight tiles."""
+    """Each pipeline stage holds an M x K input tile and one (swiglu: two) N x K weight tiles."""
     weights = 2 if variant.startswith("swiglu") else 1
     return cfg.num_stages * (cfg.block_m * cfg.block_k + weights * cfg.block_n * cfg.block_k) * elem
 
 
 def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
-    accumulators = cfg.block_m * cfg.block_n * (2 if variant.startswith("swiglu") else 1)
-    per_thread = accumulators / (limits.warp_size * cfg.num_warps)
+    """Shared memory, and the fp32 accumulators (two with swiglu) within 3/4 of each thread's registers."""
+    per_thread = cfg.block_m * cfg.block_n * (1 + variant.startswith("swiglu")) / (limits.warp_size * cfg.num_warps)
     return shared_bytes(cfg, variant, elem) <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
-
-
-def shrink(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> GemmConfig:
-    """The config with fewer stages, then narrower N tiles, until it fits the device."""
-    while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
-        cfg = replace(cfg, num_stages=cfg.num_stages - 1) if cfg.num_stages > 2 else replace(
-            cfg, block_n=cfg.block_n // 2)
-    return cfg
 
 
 def bucket(rows_per_expert: int) -> str:
     return next((str(b) for b in BUCKETS if rows_per_expert <= b), "large")
 
 
-def key(arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int) -> str:
-    return f"{arch}|{variant}|{dtype}|n{n}|k{k}|m{bucket(rows_per_expert)}|triton{triton.__version__}"
+@functools.cache
+def default_tables() -> dict:
+    return read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
 
 
 class TuningCache:
@@ -97,52 +83,49 @@ class TuningCache:
 
     def __init__(self, cache_dir: Path | None):
         self.path = Path(cache_dir) / "tuned.json" if cache_dir else None
-        self.entries: dict[str, dict] = {}
-        if self.path:
-            self.entries = read_json(self.path, "triton tuned configs")
+        self.entries: dict[str, dict] = read_json(self.path, "triton tuned configs") if self.path else {}
+
+    @staticmethod
+    def key(arch, variant, dtype, n, k, rows_per_expert) -> str:
+        return f"{arch}|{variant}|{dtype}|n{n}|k{k}|m{bucket(rows_per_expert)}|triton{triton.__version__}"
 
     def get(self, arch, variant, dtype, n, k, rows_per_expert, limits: Limits | None = None,
             elem: int = 2) -> tuple[GemmConfig, str | None]:
-        """The config and, when it is not a tuned result, a note saying which default is used."""
+        """The config and, when it is not a tuned result, a note naming the default used."""
         if arch == "cpu":
             return CPU_CONFIG, None
-        hit = self.entries.get(key(arch, variant, dtype, n, k, rows_per_expert))
-        if isinstance(hit, dict):
-            try:
-                return GemmConfig(**hit), None
-            except TypeError:
-                pass                      # a malformed entry: the default below
-        tables = json.loads(DEFAULTS_FILE.read_text())
+        hit = self.entries.get(self.key(arch, variant, dtype, n, k, rows_per_expert))
+        try:
+            return GemmConfig(**hit), None
+        except TypeError:             # no entry, or a malformed one: the default below
+            pass
+        tables = default_tables()
         family = next((tables[f] for f in (arch, arch[:5], arch[:4]) if f in tables), tables["generic"])
         table = family.get(dtype, family["any"])
-        cfg = GemmConfig(**table.get(bucket(rows_per_expert), table["large"]))
-        cfg = shrink(cfg, variant, elem, limits or limits_for(arch))
-        return cfg, (f"untuned default tile config {cfg.to_dict()} for {arch}/{variant}/{dtype}/n{n}/k{k}/"
+        cfg, limits = GemmConfig(**table.get(bucket(rows_per_expert), table["large"])), limits or limits_for(arch)
+        while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
+            fewer = {"num_stages": cfg.num_stages - 1} if cfg.num_stages > 2 else {"block_n": cfg.block_n // 2}
+            cfg = replace(cfg, **fewer)
+        return cfg, (f"untuned default tile config {asdict(cfg)} for {arch}/{variant}/{dtype}/n{n}/k{k}/"
                      f"m{bucket(rows_per_expert)}: run autotune() on this device to tune it")
 
     def put(self, arch, variant, dtype, n, k, rows_per_expert, cfg: GemmConfig):
-        self.entries[key(arch, variant, dtype, n, k, rows_per_expert)] = cfg.to_dict()
-        if self.path:
-            try:
+        self.entries[self.key(arch, variant, dtype, n, k, rows_per_expert)] = asdict(cfg)
+        try:
+            if self.path:
                 write_json(self.path, self.entries)
-            except OSError as e:          # the tuned config still serves this process
-                warn(f"triton tuned configs not saved to {self.path} ({e.strerror or e})")
-
-
-CANDIDATES = tuple(GemmConfig(*c) for c in (
-    (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-    (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3)))
+        except OSError as e:          # the tuned config still serves this process
+            warn(f"triton tuned configs not saved to {self.path} ({e.strerror or e})")
 
 
 def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int, run,
              limits: Limits, elem: int = 2, timer=None) -> GemmConfig | None:
-    """Times run(cfg) (the very launch that will run) for each candidate that fits the device; stores the
-    fastest that ran. None, and nothing stored, when none ran."""
+    """Times run(cfg) (the very launch that will run) for each candidate that fits the device and stores the
+    fastest that ran; None, and nothing stored, when none ran."""
     if timer is None:
         from triton.testing import do_bench
 
-        def timer(fn):
-            return do_bench(fn, warmup=5, rep=20)
+        timer = functools.partial(do_bench, warmup=5, rep=20)
     timings = {}
     for cfg in (c for c in CANDIDATES if fits(c, variant, elem, limits)):
         try:

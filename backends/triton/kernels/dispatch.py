@@ -3,9 +3,8 @@
 dispatch_kernel (one program): counts per expert, exclusive prefix sum (offsets), and the stable
 permutation: the pair p = t*K + k goes to row offsets[e] + (pairs before p with expert e).
 gather_kernel: rows[r] = x[order[r] // K]. inverse_kernel: inverse[order[r]] = r (for combine).
-bucket_kernel and align_kernel lay rows out for the MoE GEMM (see ..launch.moe_align): counts per expert,
-each expert's slots padded to BLOCK_M, one expert id per M-block, each row in a slot of its expert. The
-order of rows inside an expert's slots is arbitrary (atomics); results do not depend on it."""
+bucket_kernel and align_kernel lay rows out for the MoE GEMM (..launch.moe_align); the order of rows inside
+an expert's slots is arbitrary (atomics), and results do not depend on it."""
 
 import triton
 import triton.language as tl

@@ -1,15 +1,15 @@
 """The grouped GEMM of the MoE layer (vLLM-style fused MoE): y[row] = a[row // A_DIV] @ w[e]^T for the rows
-of each expert e, fp32 accumulation.
-
-Legend: R rows or (token, k) pairs, E experts, N out features, K in features, F = N/2 (SwiGLU).
-moe_align (..launch) lays each expert's rows out in slots padded to BLOCK_M, so an M-block belongs to one
-expert (block_expert[m], -1 past the last block): computed on the device, no host sync. A_DIV = top_k
+of each expert e, fp32 accumulation, one expert per M-block (..launch.moe_align's slots). A_DIV = top_k
 gathers each pair's token row straight from x (no copied rows); A_DIV = 1 reads rows as they are.
-Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T) with Wg = w[e, :F], Wu = w[e, F:], rounding like
+Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T), Wg = w[e, :F], Wu = w[e, F:] (F = N/2), rounding like
 grouped_matmul then swiglu; SCALE multiplies row r by scale[r] (the routing weight: combine becomes a sum).
 W_TMA: the weights come through a tensor descriptor (TMA, cp.async.bulk.tensor on sm_90 with wgmma);
 otherwise through pointers (any GPU, the interpreter). Programs are ordered GROUP_M M-blocks at a time so
-the input rows of a group stay in L2 across the N tiles."""
+the input rows of a group stay in L2 across the N tiles.
+
+Backward: dx[seg e] = dy[seg e] @ w[e] is this GEMM over the transposed weights; grouped_gemm_dw_kernel:
+dw[e] = dy[seg e]^T @ x[seg e] (rows sorted by expert, offsets[e] the segments), one program per
+(expert, N-tile, K-tile) looping over its segment's rows; an expert with no rows gets zeros."""
 
 import triton
 import triton.language as tl
@@ -65,3 +65,24 @@ def moe_gemm_kernel(a_ptr, w, y_ptr, slots_ptr, block_expert_ptr, scale_ptr, ROW
             acc = acc.to(dt).to(tl.float32) * tl.load(scale_ptr + rows, mask=m_ok, other=0.0).to(tl.float32)[:, None]
         tl.store(y_ptr + rows[:, None].to(tl.int64) * N_OUT + rn[None, :], acc.to(dt),
                  mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def grouped_gemm_dw_kernel(dy_ptr, x_ptr, dw_ptr, offsets_ptr, N, K, PRECISION: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    expert = tl.program_id(0).to(tl.int64)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
+    n_ok = rn < N
+    k_ok = rk < K
+    lo = tl.load(offsets_ptr + expert)
+    hi = tl.load(offsets_ptr + expert + 1)
+    acc = tl.full([BLOCK_N, BLOCK_K], 0, dtype=tl.float32)
+    for m0 in range(lo, hi, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        m_ok = rm < hi
+        dy = tl.load(dy_ptr + rm[:, None] * N + rn[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(tl.trans(dy), x, acc, input_precision=PRECISION)
+    tl.store(dw_ptr + expert * N * K + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
+             mask=n_ok[:, None] & k_ok[None, :])

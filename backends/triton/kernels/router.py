@@ -1,27 +1,19 @@
-"""Router kernel: one program per token. Logits (fp32), scores (softmax / sigmoid / raw), selection
-bias, group-limited masking, top-k with ties to the lower index, renormalisation and scaling.
-
-Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
-
-import enum
+"""Router kernel: one program per token. Logits (fp32), scores (SCORING is the IR's attribute: softmax,
+sigmoid, or raw for softmax_topk), selection bias, group-limited masking, top-k with ties to the lower index,
+renormalisation and scaling. Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
 
 import triton
 import triton.language as tl
 
 
-class Scoring(enum.IntEnum):
-    """The router's scoring modes (the IR's attribute names them) as the kernel's SCORING constexpr."""
-    SOFTMAX = 0
-    SIGMOID = 1
-    SOFTMAX_TOPK = 2
-
-
-def scoring_code(name: str) -> int:
-    return int(Scoring[name.upper()])
-
-
-# what the kernel compares SCORING with: a @triton.jit body reads only constexpr globals
-SOFTMAX, SIGMOID, SOFTMAX_TOPK = (tl.constexpr(int(s)) for s in Scoring)
+@triton.jit
+def pick_next(values, free, index, NONE: tl.constexpr):
+    """The index of the largest free value; NaN ranks first (as in a descending torch.sort), ties go to the
+    lower index."""
+    nan = (values != values) & free
+    cand = tl.where(free & ~nan, values, float("-inf"))
+    best = tl.min(tl.where((cand == tl.max(cand, axis=0)) & free & ~nan, index, NONE), axis=0)
+    return tl.where(tl.max(nan.to(tl.int32), axis=0) > 0, tl.min(tl.where(nan, index, NONE), axis=0), best)
 
 
 @triton.jit
@@ -45,11 +37,11 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
     tl.store(logits_ptr + t * E + e, logits_E, mask=e_ok)
 
     neg_inf = float("-inf")
-    if SCORING == SOFTMAX:
+    if SCORING == "softmax":
         z = tl.where(e_ok, logits_E, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         scores_E = p / tl.sum(p, axis=0)
-    elif SCORING == SIGMOID:
+    elif SCORING == "sigmoid":
         scores_E = 1.0 / (1.0 + tl.exp(-logits_E))
     else:
         scores_E = logits_E
@@ -72,13 +64,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
             group_G = tl.where(g == gi, best, group_G)
         kept_G = g < 0
         for _ in tl.static_range(TOP_GROUPS):
-            free_G = ~kept_G & (g < NUM_GROUPS)
-            nan_G = (group_G != group_G) & free_G
-            cand = tl.where(~free_G | nan_G, neg_inf, group_G)
-            top = tl.max(cand, axis=0)
-            pick = tl.min(tl.where((cand == top) & free_G & ~nan_G, g, BLOCK_G), axis=0)
-            pick = tl.where(tl.max(nan_G.to(tl.int32), axis=0) > 0, tl.min(tl.where(nan_G, g, BLOCK_G), axis=0), pick)
-            kept_G = kept_G | (g == pick)
+            kept_G = kept_G | (g == pick_next(group_G, ~kept_G & (g < NUM_GROUPS), g, BLOCK_G))
         kept_E = tl.sum(tl.where((e[:, None] // per_group == g[None, :]) & kept_G[None, :], 1, 0), axis=1) > 0
         sel_E = tl.where(kept_E & e_ok, sel_E, neg_inf)
 
@@ -87,17 +73,12 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
     idx_K = tl.full([BLOCK_K], 0, dtype=tl.int64)
     w_K = tl.full([BLOCK_K], 0, dtype=tl.float32)
     for ki in tl.static_range(TOP_K):
-        free_E = ~taken_E & e_ok
-        nan_E = (sel_E != sel_E) & free_E          # NaN ranks first, like a descending torch.sort
-        cand = tl.where(taken_E | ~e_ok | nan_E, neg_inf, sel_E)
-        top = tl.max(cand, axis=0)
-        pick = tl.min(tl.where((cand == top) & free_E & ~nan_E, e, BLOCK_E), axis=0)
-        pick = tl.where(tl.max(nan_E.to(tl.int32), axis=0) > 0, tl.min(tl.where(nan_E, e, BLOCK_E), axis=0), pick)
+        pick = pick_next(sel_E, ~taken_E & e_ok, e, BLOCK_E)
         taken_E = taken_E | (e == pick)
         idx_K = tl.where(k == ki, pick.to(tl.int64), idx_K)
         w_K = tl.where(k == ki, tl.sum(tl.where(e == pick, scores_E, 0.0), axis=0), w_K)
     k_ok = k < TOP_K
-    if SCORING == SOFTMAX_TOPK:
+    if SCORING == "softmax_topk":
         z = tl.where(k_ok, w_K, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         w_K = p / tl.sum(p, axis=0)

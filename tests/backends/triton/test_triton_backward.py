@@ -11,7 +11,6 @@ import torch
 
 import portable_moe
 from portable_moe.backends.triton import autograd as fn
-from portable_moe.backends.triton import launch_bwd
 from portable_moe.backends.triton.tuning import CPU_CONFIG
 from portable_moe.ir import meanings as ref
 from portable_moe.models import build_moe_layer, init_params, preset
@@ -95,14 +94,14 @@ def forbid_reference_fallback(monkeypatch) -> dict:
         raise AssertionError("the runtime fell back to the reference backward")
 
     calls = {"dw": 0}
-    real_dw = launch_bwd.grouped_matmul_dw
+    real_dw = fn.grouped_matmul_dw
 
     def counting_dw(*args, **kwargs):
         calls["dw"] += 1
         return real_dw(*args, **kwargs)
 
     monkeypatch.setattr(runtime_module, "run_graph", fallback)
-    monkeypatch.setattr(launch_bwd, "grouped_matmul_dw", counting_dw)
+    monkeypatch.setattr(fn, "grouped_matmul_dw", counting_dw)
     return calls
 
 

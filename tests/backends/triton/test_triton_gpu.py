@@ -37,10 +37,15 @@ def gpu_config(x, w, swiglu, gather=False):
     return cfg
 
 
-def test_gpu_launches_compiled_kernels_not_the_interpreter():
-    from portable_moe.backends.triton import kernels, launch
+def test_gpu_launches_compiled_kernels_not_the_interpreter(monkeypatch):
+    from portable_moe.backends.triton import launch
 
-    assert launch.kernel("moe_gemm_kernel", torch.zeros(1, device=DEV)) is kernels.moe_gemm_kernel
+    def interpret(*args, **kwargs):
+        raise AssertionError("a GPU tensor went to the interpreter")
+
+    monkeypatch.setattr(launch, "interpret", interpret)
+    h = torch.randn(8, 32, device=DEV)
+    assert torch.allclose(launch.swiglu(h).cpu(), ref.swiglu(h.cpu().double()).float(), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

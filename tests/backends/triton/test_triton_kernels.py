@@ -177,17 +177,22 @@ def test_float64_and_dense_ops_are_declined():
         backend.compile(g, cpu_device(), backend.Options())
 
 
-def test_bad_expert_indices_are_refused_before_launch():
-    g, params = moe_graph("debug", "float32")
+def test_bad_expert_indices_and_offsets_are_refused_before_launch():
+    from portable_moe.hf.experts import experts_graph
+    from portable_moe.models import expert_ffn_graph
+
+    E, H, F = 4, 16, 8
+    g = experts_graph(E, H, F, 2, DType.float32)
     exe = TritonBackend().compile(g, cpu_device(), TritonBackend.Options())
-    node = next(n for n in g.nodes if n.op == "dispatch")
-    exe.outside |= {node.inputs[1], next(n for n in g.nodes if n.op == "grouped_matmul").inputs[2]}   # as if fed in
+    params = {"gate_up": torch.zeros(E, 2 * F, H), "down": torch.zeros(E, H, F)}
+    inputs = {"x": torch.zeros(2, H), "indices": torch.tensor([[0, 9], [1, 2]]), "weights": torch.zeros(2, 2)}
     with pytest.raises(IRError, match="out of range"):
-        exe.run_node(node, [torch.zeros(2, 64), torch.tensor([[0, 9], [1, 2]])], {})
-    gemm = next(n for n in g.nodes if n.op == "grouped_matmul")
+        exe.run(inputs, params)
+    g = expert_ffn_graph(H, F, DType.float32, E)
+    exe = TritonBackend().compile(g, cpu_device(), TritonBackend.Options())
+    inputs = {"rows": torch.zeros(4, H), "offsets": torch.tensor([0, 3, 1, 4, 4]), **params}
     with pytest.raises(IRError, match="non-decreasing"):
-        exe.run_node(gemm, [torch.zeros(4, 64), params["experts.gate_up"], torch.tensor([0, 3, 1, 4, 4, 4, 4, 4, 4])],
-                     {})
+        exe.run(inputs, {})
 
 
 def test_router_nan_ranks_first_like_the_reference():

@@ -13,7 +13,7 @@ import pytest
 import triton
 
 from portable_moe.backends.base import BackendError
-from portable_moe.backends.triton import TritonBackend, TritonOptions, lower_summary
+from portable_moe.backends.triton import TritonBackend, TritonOptions
 from portable_moe.backends.triton import lower as lower_module
 from portable_moe.models import build_model, preset
 
@@ -145,8 +145,7 @@ def test_second_lower_hits_the_cache(lowered, tmp_path, monkeypatch):
     assert time.perf_counter() - start < 1.0
     assert again["cache"]["hits"] == len(again["kernels"]) and all(k["cache_hit"] for k in again["kernels"])
     assert [k["sha256"] for k in again["kernels"]] == [k["sha256"] for k in first["kernels"]]
-    n = len(again['kernels'])
-    assert f"cache hits {n}/{n}" in lower_summary(again) and "wgmma" in lower_summary(again)
+    assert [k["matrix_instructions"] for k in again["kernels"]] == [k["matrix_instructions"] for k in first["kernels"]]
 
 
 def test_a_corrupted_cached_kernel_is_rebuilt_not_returned(lowered, tmp_path, capfd):

@@ -1,14 +1,42 @@
-"""Backward kernels of the element-wise and permutation ops. Legend: T tokens, K top-k, R = T*K rows,
-H hidden, F half width (SwiGLU). All sums in float32.
+"""SwiGLU and combine kernels, forward and backward. Legend: T tokens, K top-k, R = T*K rows, H hidden,
+F half width. All sums in float32.
 
+combine_kernel: out[t] = sum over k = 0..K-1 (in order) of weights[t, k] * y[inverse[t*K+k]].
+swiglu_kernel: y = silu(gate) * up with the reference's rounding (each op rounds to the dtype).
 swiglu_bwd_kernel: from gate_up = [g, u] and dh, d[g, u] = [dh * u * silu'(g), dh * silu(g)] with
   silu'(g) = s * (1 + g * (1 - s)), s = sigmoid(g).
 combine_bwd_kernel: for row r holding pair p = order[r] (token p // K): dy[r] = w[p] * dout[p // K] and
-  dw[p] = <y[r], dout[p // K]>.
-The dispatch backward, dx[t] = sum over k of drows[inverse[t*K + k]], is combine with unit weights."""
+  dw[p] = <y[r], dout[p // K]>."""
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def combine_kernel(y_ptr, inverse_ptr, w_ptr, out_ptr, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = h < H
+    acc_H = tl.full([BLOCK_H], 0, dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        r = tl.load(inverse_ptr + t * TOP_K + k)
+        w = tl.load(w_ptr + t * TOP_K + k).to(tl.float32)
+        y_H = tl.load(y_ptr + r * H + h, mask=h_ok, other=0.0).to(tl.float32)
+        acc_H = acc_H + y_H * w
+    tl.store(out_ptr + t * H + h, acc_H.to(out_ptr.dtype.element_ty), mask=h_ok)
+
+
+@triton.jit
+def swiglu_kernel(x_ptr, y_ptr, F, BLOCK_F: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_ok = f < F
+    gate = tl.load(x_ptr + m * 2 * F + f, mask=f_ok, other=0.0)
+    up = tl.load(x_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0)
+    dt = y_ptr.dtype.element_ty
+    g32 = gate.to(tl.float32)
+    act = (g32 * (1.0 / (1.0 + tl.exp(-g32)))).to(dt)
+    tl.store(y_ptr + m * F + f, (act.to(tl.float32) * up.to(tl.float32)).to(dt), mask=f_ok)
 
 
 @triton.jit
