@@ -50,7 +50,7 @@ class TVMBackend(Backend):
     targets = ("cpu", "cuda:sm_80", "cuda:sm_90", "rocm:gfx90a", "rocm:gfx942", "rocm:gfx1100", "opencl", "metal")
 
     def devices(self) -> list[Device]:
-        from .opencl_runtime import platform_device
+        from ..opencl import platform_device
 
         found = platform_device()
         if found is None:

@@ -84,7 +84,7 @@ def lower_step(step: Step, target_name: str, target, folder: Path) -> dict:
     kind = target_name.partition(":")[0]
     gpu = kind != "cpu"
     CAPTURED.clear()
-    built = tvm.compile(module_of(step, gpu, target), target=target)
+    built = tvm.compile(module_of(step.kernels(gpu, target)), target=target)
     if not gpu:
         built.export_library(str(folder / "kernel.so"))
         return {"so": "kernel.so"}
