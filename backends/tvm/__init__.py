@@ -13,10 +13,9 @@ not differentiable; the runtime recomputes them with the reference (the declared
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ... import knobs
 from ...ir import DType, Graph
 from ..base import Backend, BackendError, BackendOptions, Executable, Support, import_failure
 from ..devices import Device
@@ -35,12 +34,19 @@ DECLINED = {
 
 @dataclass(frozen=True)
 class TVMOptions(BackendOptions):
-    """Defaults come from knobs (PORTABLE_MOE_TVM_THREADS, PORTABLE_MOE_TVM_TUNE_SECONDS, ROCM_PATH)."""
+    """Plain defaults; the runtime fills tune_seconds, threads and rocm_path from knobs.py."""
 
-    use_tuned: bool = True          # CPU tiles from the shipped table or this machine's tuning (else the model's)
-    tune_seconds: float = field(default_factory=knobs.tvm_tune_seconds)   # first-use tuning budget per large
-    threads: int = field(default_factory=knobs.tvm_threads)               # GEMM (0: skip); CPU threads (0: all)
-    rocm_path: str | None = field(default_factory=knobs.rocm_path)        # holds amdgcn/bitcode (None: look)
+    use_tuned: bool = True          # tiles from the shipped table or this machine's tuning (else the model's)
+    tune_seconds: float = 30.0      # first-use tuning budget per large GEMM (0: skip)
+    threads: int = 0                # CPU threads (0: every core this process may use)
+    rocm_path: str | None = None    # folder holding amdgcn/bitcode (None: look in system folders)
+
+    @classmethod
+    def of(cls, options: BackendOptions) -> TVMOptions:
+        """options as TVMOptions, every shared BackendOptions field kept."""
+        if isinstance(options, cls):
+            return options
+        return cls(**{f.name: getattr(options, f.name) for f in fields(BackendOptions)})
 
 
 class TVMBackend(Backend):
@@ -50,7 +56,7 @@ class TVMBackend(Backend):
     targets = ("cpu", "cuda:sm_80", "cuda:sm_90", "rocm:gfx90a", "rocm:gfx942", "rocm:gfx1100", "opencl", "metal")
 
     def devices(self) -> list[Device]:
-        from .opencl_runtime import platform_device
+        from ..opencl import platform_device
 
         found = platform_device()
         if found is None:
@@ -86,7 +92,7 @@ class TVMBackend(Backend):
         from .plan import plan
         from .tuning import tile_for
 
-        opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
+        opts = TVMOptions.of(options)
         steps = plan(graph, lambda *a: tile_for(*a, opts, device.kind))
         return TVMExecutable(graph, device, steps, opts.cache_root(self.name), opts.threads)
 
@@ -114,6 +120,6 @@ class TVMBackend(Backend):
             raise BackendError(import_failure("tvm"))
         from .codegen import lower_graph
 
-        opts = options if isinstance(options, TVMOptions) else TVMOptions(cache_dir=options.cache_dir)
+        opts = TVMOptions.of(options)
         return lower_graph(self, graph, target, Path(out_dir), opts)
 

@@ -4,18 +4,15 @@ with a manifest. TVM 0.27's nvptx target is broken with its LLVM, so CUDA goes t
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 from ...ir import Graph
 from ..base import BackendError, write_manifest
 from ..cache import safe_name
+from ..progress import Progress, native_stderr_filtered
 from .env import TVM_VERSION, cpu_target, host_cpu, rocm_bitcode, tvm
 from .executable import entry_key, module_of, store
 from .kernels.gemm import GpuTile
@@ -87,7 +84,7 @@ def lower_step(step: Step, target_name: str, target, folder: Path) -> dict:
     kind = target_name.partition(":")[0]
     gpu = kind != "cpu"
     CAPTURED.clear()
-    built = tvm.compile(module_of(step, gpu, target), target=target)
+    built = tvm.compile(module_of(step.kernels(gpu, target)), target=target)
     if not gpu:
         built.export_library(str(folder / "kernel.so"))
         return {"so": "kernel.so"}
@@ -119,51 +116,8 @@ def cached_step(step: Step, target_name: str, target, out_dir: Path, cache_dir: 
     return artifacts, entry.hit
 
 
-class Progress:
-    """While compiling: a line that counts up on a terminal, elsewhere one line when compiling starts. It
-    writes to stderr as it was when created (native_stderr_filtered holds back what is written later)."""
-
-    def __init__(self, label: str, total: int):
-        sys.stderr.flush()
-        self.label, self.total, self.done = label, total, 0
-        self.stream = os.fdopen(os.dup(2), "w")
-        self.tty = self.stream.isatty()
-
-    def __call__(self):
-        self.done += 1
-        if self.tty:
-            print(f"\r{self.label}: compiling {self.done}/{self.total} kernels not in the cache", end="",
-                  file=self.stream, flush=True)
-        elif self.done == 1:
-            print(f"{self.label}: compiling the kernels not in the cache ({self.total} steps)", file=self.stream,
-                  flush=True)
-
-    def close(self):
-        if self.tty and self.done:
-            print("\r\033[K", end="", file=self.stream, flush=True)
-        self.stream.close()
-
-
 # TVM's AMDGPU codegen asks the (absent) ROCm runtime for limits and logs a warning per kernel
 NATIVE_NOISE = ("Cannot get maximum number of threads for AMD codegen", "Unable to detect ROCm version")
-
-
-@contextlib.contextmanager
-def native_stderr_filtered(noise: tuple[str, ...]):
-    """Routes the C++ side's stderr through a file, then passes on every line that is not known noise."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            for line in sink.read().decode(errors="replace").splitlines():
-                if not any(n in line for n in noise):
-                    print(line, file=sys.stderr)
 
 
 def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options) -> dict:

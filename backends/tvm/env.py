@@ -50,3 +50,8 @@ def rocm_bitcode(given: str | None) -> str | None:
             tvm.register_global_func("tvm_callback_rocm_bitcode_path", bitcode_path, override=True)
             return root
     return None
+
+
+def target_for(kind: str) -> tvm.target.Target:
+    """The target the executable builds for on a 'cpu' or 'opencl' device."""
+    return cpu_target() if kind == "cpu" else tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})

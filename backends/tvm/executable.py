@@ -12,15 +12,20 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...ir import Graph
+from .. import opencl
 from ..base import Executable
 from ..cache import Store, make_key
 from ..devices import Device
-from . import opencl_runtime
-from .env import TVM_VERSION, host_cpu, tvm, use_threads
+from .env import TVM_VERSION, host_cpu, target_for, tvm, use_threads
 from .plan import Step
+
+# TVM names an OpenCL kernel's buffer parameters `<buffer>_ptr`, its scalars after shape variables (+ `_<n>`)
+SIGNATURE = re.compile(r"__kernel void (\w+)_kernel\(([^)]*)\)")
+SCALARS = {"long": np.int64, "int": np.int32}
 
 
 @cache
@@ -39,8 +44,7 @@ def store(cache_dir: Path) -> Store:
     return Store(cache_dir, "tvm")
 
 
-def module_of(step: Step, gpu: bool, target) -> tvm.IRModule:
-    funcs = step.kernels(gpu, target)
+def module_of(funcs: dict) -> tvm.IRModule:
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
 
 
@@ -74,67 +78,72 @@ class PackedWeights:
 class CpuCall:
     """Runs a step's kernels from one loaded library; expert weights go through the shared PackedWeights."""
 
-    def __init__(self, module, weight: PackedWeights):
-        self.module, self.weight = module, weight
+    def __init__(self, module, weight: PackedWeights | None = None):
+        self.module, self.weight = module, weight or PackedWeights()
 
     def __call__(self, name: str, *tensors):
         self.module[name](*[tvm.runtime.from_dlpack(aligned(t.detach())) for t in tensors])
 
 
-PARAM = re.compile(r"(\w+): T\.Buffer\(\(([^)]*)\)")
-
-
-def base_name(var: str) -> str:
-    """A shape variable without the _<n> suffix TVMScript adds when it prints a renamed one."""
-    return re.sub(r"_\d+$", "", var)
-
-
-def buffers(func) -> list[tuple[str, list[str]]]:
-    """(buffer name, dims as text) per parameter of a PrimFunc, read from its TVMScript signature."""
-    header = func.script().split("def ", 1)[1].split("):\n", 1)[0]
-    return [(base_name(name), [base_name(d.strip()) for d in dims.split(",") if d.strip()])
-            for name, dims in PARAM.findall(header)]
-
-
 class OpenCLCall:
-    """Runs a step's TVM-generated OpenCL kernels through pyopencl, arguments matched by buffer name."""
+    """Runs a step's TVM-generated OpenCL kernels through pyopencl: the tensors, given in the PrimFunc's
+    parameter order, are matched to the kernel's parameters by buffer name, the scalars are the shape
+    variables' values read off the tensors, and the last (outputs[name]) tensors are copied back."""
 
-    def __init__(self, step: Step, kernels: dict, funcs: dict):
-        self.step, self.kernels = step, kernels
-        self.buffers = {name: buffers(f) for name, f in funcs.items()}
+    outputs = {"select": 4, "sort": 2}
+
+    def __init__(self, step: Step, source: str, funcs: dict):
+        self.step, program = step, opencl.program(source)
+        self.kernels = {name: (getattr(program, f"{name}_kernel"), [p.split()[-2:] for p in params.split(",")])
+                        for name, params in dict(SIGNATURE.findall(source)).items()}
+        self.params = {name: [(p.name, [getattr(d, "name", None) for d in p.shape]) for p in f.params]
+                       for name, f in funcs.items()}
 
     def __call__(self, name: str, *tensors):
         tensors = [t.detach().contiguous() for t in tensors]
         named, sizes = {}, {}
-        for (buf, shape), t in zip(self.buffers[name], tensors):
-            named[buf] = t
-            sizes.update((d, t.shape[i]) for i, d in enumerate(shape) if d.isidentifier())
-        grid, block = self.step.launch[name](sizes)
-        outputs = tuple(buf for buf, _ in self.buffers[name][-self.n_outputs(name):])
+        for (buf, dims), t in zip(self.params[name], tensors):
+            named[f"{buf}_ptr"] = t
+            sizes.update((d, t.shape[i]) for i, d in enumerate(dims) if d)
+        kernel, params = self.kernels[name]
+        args = [named[p] if p in named else SCALARS[kind](sizes[re.sub(r"_\d+$", "", p)]) for kind, p in params]
         # outputs are fresh contiguous tensors, so the copies back land in the caller's tensors
-        self.kernels[f"{name}_kernel"](grid, block, named, sizes, outputs)
-
-    def n_outputs(self, name: str) -> int:
-        return {"select": 4, "sort": 2}.get(name, 1)
+        opencl.launch(kernel, *self.step.launch[name](sizes), args, tensors[-self.outputs.get(name, 1):])
 
     def weight(self, w: torch.Tensor, E: int, nb: int) -> torch.Tensor:
         return w.detach().float().reshape(E, *w.shape[-2:]).contiguous()
 
 
-def opencl_call_of(step: Step, target, cached=None) -> OpenCLCall:
-    """The step's kernels as OpenCL C, built for the device; cached(source) -> text goes through the
-    compile cache (source() compiles), without it they are compiled now."""
-    mod = module_of(step, True, target)
+def cached(step: Step, target, cache_dir: Path, name: str, write):
+    """The store's entry for the step on the target; on a miss write(path) makes its one file `name`."""
+    def build(folder: Path) -> dict:
+        write(folder / name)
+        return {}
 
-    def source() -> str:
-        return tvm.compile(mod, target=target).mod.imports[0].inspect_source()
-
-    text = cached(source) if cached else source()
-    return OpenCLCall(step, opencl_runtime.build(text), {g.name_hint: mod[g] for g in mod.get_global_vars()})
+    return store(cache_dir).fetch(entry_key(step.spec, str(target)), build)
 
 
-def tile_text(tile: dict) -> str:
-    return f"{tile['edge']}x{tile['edge']}" if "edge" in tile else f"{tile['MT']}x{tile['NB']}x{tile['NC']}"
+def load(step: Step, kind: str, cache_dir: Path | None = None, packed: PackedWeights | None = None):
+    """The step's kernels built for a 'cpu' or 'opencl' device, ready to call: a library, or OpenCL C built
+    for the device, through the artifact store (without cache_dir: compiled now, kept in memory)."""
+    target = target_for(kind)
+    if kind == "opencl":
+        funcs = step.kernels(True, target)
+
+        def source() -> str:
+            return tvm.compile(module_of(funcs), target=target).mod.imports[0].inspect_source()
+
+        text = source() if cache_dir is None else \
+            cached(step, target, cache_dir, "kernels.cl", lambda p: p.write_text(source())).read("kernels.cl").decode()
+        return OpenCLCall(step, text, funcs)
+
+    def compiled():
+        return tvm.compile(module_of(step.kernels(False, target)), target=target)
+
+    if cache_dir is None:
+        return CpuCall(compiled(), packed)
+    entry = cached(step, target, cache_dir, "lib.so", lambda p: compiled().export_library(str(p)))
+    return CpuCall(tvm.runtime.load_module(str(entry.path / "lib.so")), packed)
 
 
 class TVMExecutable(Executable):
@@ -142,33 +151,10 @@ class TVMExecutable(Executable):
 
     def __init__(self, graph: Graph, device: Device, steps: list[Step], cache_dir: Path, threads: int = 0):
         super().__init__(graph, device)
-        self.steps, self.calls, self.packed, self.threads = steps, [], PackedWeights(), threads
-        if device.kind == "opencl":
-            self.target = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
-            self.calls = [self.opencl_call(s, cache_dir) for s in steps]
-        else:
-            from .env import cpu_target
-
+        self.steps, self.threads, self.packed = steps, threads, PackedWeights()
+        if device.kind == "cpu":
             use_threads(threads)
-            self.target = cpu_target()
-            self.calls = [self.cpu_call(s, cache_dir) for s in steps]
-
-    def cpu_call(self, step: Step, cache_dir: Path) -> CpuCall:
-        def build(folder: Path) -> dict:
-            tvm.compile(module_of(step, False, self.target), target=self.target).export_library(str(folder / "lib.so"))
-            return {}
-
-        entry = store(cache_dir).fetch(entry_key(step.spec, str(self.target)), build)
-        return CpuCall(tvm.runtime.load_module(str(entry.path / "lib.so")), self.packed)
-
-    def opencl_call(self, step: Step, cache_dir: Path) -> OpenCLCall:
-        def cached(source) -> str:
-            def build(folder: Path) -> dict:
-                (folder / "kernels.cl").write_text(source())
-                return {}
-            return store(cache_dir).fetch(entry_key(step.spec, str(self.target)), build).read("kernels.cl").decode()
-
-        return opencl_call_of(step, self.target, cached)
+        self.calls = [load(s, device.kind, cache_dir, self.packed) for s in steps]
 
     def placement(self) -> dict[str, str]:
         """node -> how it ran (fused steps name their partner; where the GEMM's tile came from)."""
@@ -183,7 +169,7 @@ class TVMExecutable(Executable):
     def notes(self) -> list[str]:
         """For why(): where each GEMM's tile came from."""
         where = host_cpu() if self.device.kind == "cpu" else self.device.name
-        return [f"{s.nodes[0].name}: tile {tile_text(s.spec['tile'])} ({s.tuning}, {where})"
+        return [f"{s.nodes[0].name}: tile {s.tile} ({s.tuning}, {where})"
                 for s in self.steps if s.tuning != "n/a"]
 
     def run(self, inputs: Mapping, params: Mapping) -> list:
@@ -192,9 +178,6 @@ class TVMExecutable(Executable):
         env = {**inputs, **params}
         with torch.no_grad():
             for step, call in zip(self.steps, self.calls):
-                head = step.nodes[0]
-                args = [None if i is None else env[i] for i in head.inputs]
-                results = step.run(call, *args)
-                last = step.nodes[-1]
-                env.update((v.name, r) for v, r in zip(last.outputs, results))
+                args = [None if i is None else env[i] for i in step.nodes[0].inputs]
+                env.update((v.name, r) for v, r in zip(step.nodes[-1].outputs, step.run(call, *args)))
         return [env[o] for o in self.graph.outputs]

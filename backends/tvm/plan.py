@@ -32,7 +32,8 @@ class Step:
     kernels: Callable[[bool, object], dict]            # (gpu, target) -> {name: PrimFunc}
     run: Callable[..., list]                            # (call, args) -> outputs
     launch: dict = field(default_factory=dict)          # kernel name -> sizes -> (grid, block) on a GPU
-    tuning: str = "n/a"
+    tuning: str = "n/a"                                 # where the GEMM's tile came from
+    tile: object = None
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
 
     def run(call, x, w, offsets, b=None):
         x2 = flat(x).contiguous()
-        check_offsets(offsets, x2.shape[0], E, nodes[0].name)
+        check_offsets(offsets, x2.shape[0], E, nodes[0].name if nodes else op)
         y = torch.empty(x2.shape[0], F, dtype=torch.float32)
         call("gmm", x2, call.weight(w, E, nb), offsets, zeros(N) if b is None else b, y)
         return [y.reshape(*x.shape[:-1], F)]
@@ -72,7 +73,7 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
     edge = tile.edge if gpu_tile else 0
     launch = {"gmm": lambda s: ((s["R"] // edge + E, (F + edge - 1) // edge), (edge, edge))} if gpu_tile else {}
     spec = {"op": op, "E": E, "N": N, "K": K, "swiglu": swiglu, "bias": bias, "tile": tile.__dict__}
-    return Step(op, nodes, spec, kernels, run, launch, tuning)
+    return Step(op, nodes, spec, kernels, run, launch, tuning, tile)
 
 
 def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str) -> Step:

@@ -13,9 +13,6 @@ Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features, 
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -23,11 +20,13 @@ from pathlib import Path
 
 import torch
 
+from ..tuned import race, save_entry, table_entries
 from .env import TVM_VERSION, cpu_target, host_cpu, tvm
-from .kernels.gemm import CpuTile, GpuTile, gmm_cpu
+from .kernels.gemm import CpuTile, GpuTile
 
 SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
 TUNE_FROM = 1 << 20             # N * K: smaller GEMMs run the model's tile (tuning would cost more than it saves)
+FORMAT, VERSION = "portable_moe.tvm.tuned", 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def l2_size() -> int:
 @cache
 def opencl_device() -> tuple[str, int]:
     """The OpenCL device the backend runs on: its name and largest work-group."""
-    from .opencl_runtime import context
+    from ..opencl import context
 
     device = context()[2]
     return device.name.strip(), device.max_work_group_size
@@ -111,92 +110,45 @@ def local_table(options, kind: str = "cpu") -> Path:
 
 
 def read_table(path: Path, tile_type: type = CpuTile) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return {k: tile_type(**v["tile"]) for k, v in data["entries"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}          # missing or damaged: tuned again, and rewritten
+    """key -> tile; entries that are not a tile of this type are left out (tuned again, and rewritten)."""
+    tiles = {}
+    for key, entry in table_entries(path, "tvm tuned tiles").items():
+        try:
+            tiles[key] = tile_type(**entry["tile"])
+        except (TypeError, KeyError):
+            continue
+    return tiles
 
 
 def save(path: Path, key: str, tile: CpuTile | GpuTile, gflops: float):
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-        entries = data.get("entries", {}) if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    entries[key] = {"tile": asdict(tile), "gflops": round(gflops, 1), "when": time.strftime("%Y-%m-%d")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"format": "portable_moe.tvm.tuned", "version": 2, "entries": entries}, indent=1))
-    os.replace(tmp, path)
+    save_entry(path, FORMAT, VERSION, key, {"tile": asdict(tile), "gflops": round(gflops, 1),
+                                            "when": time.strftime("%Y-%m-%d")})
 
 
-def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile):
-    """One tile compiled, on ~256 rows per expert of random data: a function that times one call."""
-    func = tvm.compile(gmm_cpu(E, N, K, tile, swiglu), target=cpu_target())
-    rows, F, nb = 256 * E, N // 2 if swiglu else N, tile.fit(N // 2 if swiglu else N).NB
-    tensors = (torch.randn(rows, K), torch.randn(E, N // nb, K, nb), torch.linspace(0, rows, E + 1).round().long(),
-               torch.zeros(N), torch.empty(rows, F))
-    args = [tvm.runtime.from_dlpack(t) for t in tensors]
-    func(*args)
-
-    def seconds() -> float:
-        t0 = time.perf_counter()
-        func(*args)
-        return time.perf_counter() - t0
-    return seconds
-
-
-def opencl_runner(E: int, N: int, K: int, swiglu: bool, tile: GpuTile):
-    """The GPU kernel with one tile, built for the OpenCL device and called as the executable calls it, on
-    256 rows of random data over at most 4 experts (a GEMM that keeps PoCL busy ~1 s): times one call."""
-    from .executable import opencl_call_of
+def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile | GpuTile, kind: str):
+    """The GEMM with one tile, built and called as the executable does, on random data (CPU: 256 rows per
+    expert; OpenCL: 256 rows over at most 4 experts, a GEMM that keeps PoCL busy ~1 s): runs it once."""
+    from .executable import load
     from .plan import gmm_step
 
     step = gmm_step("grouped_matmul", [], E, N, K, tile, "n/a", swiglu, False)
-    call = opencl_call_of(step, opencl_target())
-    busy = min(E, 4)
-    offsets = torch.cat([torch.linspace(0, 256, busy + 1).round().long(), torch.full((E - busy,), 256)])
-    tensors = (torch.randn(256, K), torch.randn(E, N, K), offsets, torch.zeros(N),
-               torch.empty(256, N // 2 if swiglu else N))
-    call("gmm", *tensors)
-
-    def seconds() -> float:
-        t0 = time.perf_counter()
-        call("gmm", *tensors)
-        return time.perf_counter() - t0
-    return seconds
+    call = load(step, kind)
+    rows, busy = rows_timed(E, kind), E if kind == "cpu" else min(E, 4)
+    offsets = torch.cat([torch.linspace(0, rows, busy + 1).round().long(), torch.full((E - busy,), rows)])
+    x, w = torch.randn(rows, K), torch.randn(E, N, K)
+    step.run(call, x, w, offsets)
+    return lambda: step.run(call, x, w, offsets)
 
 
-def opencl_target():
-    return tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
+def rows_timed(E: int, kind: str) -> int:
+    return 256 * E if kind == "cpu" else 256
 
 
-def tune(E: int, N: int, K: int, swiglu: bool, budget: float, kind: str = "cpu",
-         rounds: int = 3) -> tuple[CpuTile | GpuTile, float]:
-    """Compiles candidates while half the budget lasts, then times them in turns (best of `rounds`), so
-    load from other processes falls on every candidate alike."""
-    start, built = time.perf_counter(), []
-    cpu = kind == "cpu"
-    tiles = list(dict.fromkeys(candidates(N, K, swiglu) if cpu else gpu_candidates()))
-    label = f"grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {device_name(kind)}"
-    for i, tile in enumerate(tiles):
-        built.append((tile, (runner if cpu else opencl_runner)(E, N, K, swiglu, tile)))
-        spent = time.perf_counter() - start
-        print(f"tvm: tuning {label}: compiled {i + 1}/{len(tiles)} tiles, {spent:.0f} s", file=sys.stderr, flush=True)
-        if spent > budget / 2:
-            break
-    best = dict.fromkeys((tile for tile, _ in built), float("inf"))
-    for _ in range(rounds):
-        for tile, run in built:
-            best[tile] = min(best[tile], run())
-    rate = {t: 2 * 256 * (E if cpu else 1) * N * K / s / 1e9 for t, s in best.items()}
-    tile = max(rate, key=rate.get)
-    gflops = rate[tile]
-    others = ", ".join(f"{t.describe()} {r:.1f}" for t, r in rate.items() if t != tile)
-    print(f"tvm: tuned {label}: tile {tile.describe()}, {gflops:.1f} GFLOP/s{f' ({others})' if others else ''}, "
-          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return tile, gflops
+def tune(E: int, N: int, K: int, swiglu: bool, budget: float, kind: str = "cpu") -> tuple[CpuTile | GpuTile, float]:
+    tiles = list(dict.fromkeys(candidates(N, K, swiglu) if kind == "cpu" else gpu_candidates()))
+    label = f"tvm: tuning grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {device_name(kind)}"
+    return race(label, tiles, lambda tile: runner(E, N, K, swiglu, tile, kind), budget,
+                lambda seconds: 2 * rows_timed(E, kind) * N * K / seconds / 1e9)
 
 
 def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,

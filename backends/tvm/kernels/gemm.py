@@ -32,7 +32,7 @@ class CpuTile:
         nc = next(c for c in (self.NC, 8, 4, 2, 1) if c <= self.NC and (n // nb) % c == 0)
         return CpuTile(self.MT, nb, nc)
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         return f"{self.MT}x{self.NB}x{self.NC}"
 
 
@@ -43,7 +43,7 @@ class GpuTile:
 
     edge: int = 16
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         return f"{self.edge}x{self.edge}"
 
 

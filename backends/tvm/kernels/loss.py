@@ -44,7 +44,7 @@ def rows_kernel(V: int, ignore: int, gpu: bool):
 
 def mean_kernel(gpu: bool):
     @T.macro
-    def body(P, Y):
+    def body(_row, P, Y):
         acc = T.alloc_buffer((2,), "float32", scope="local")
         acc[0] = T.float32(0)
         acc[1] = T.float32(0)
@@ -59,12 +59,7 @@ def mean_kernel(gpu: bool):
         n = T.int64()
         P = T.match_buffer(parts, (n, 2), "float32")
         Y = T.match_buffer(loss, (1,), "float32")
-        if gpu:
-            for _bx in T.thread_binding(1, thread="blockIdx.x"):
-                for _tx in T.thread_binding(1, thread="threadIdx.x"):
-                    body(P, Y)
-        else:
-            body(P, Y)
+        each_row(1, gpu, body, P, Y)
 
     return mean
 
@@ -88,6 +83,6 @@ def cross_entropy_step(node: Node, V: int, step_cls):
         call("mean", parts, loss)
         return [loss.reshape(())]
 
-    launch = {"rows": lambda s: ((-(-s["n"] // THREADS),), (THREADS,)), "mean": lambda s: ((1,), (1,))}
+    launch = {"rows": lambda s: ((-(-s["n"] // THREADS),), (THREADS,)), "mean": lambda s: ((1,), (THREADS,))}
     return step_cls("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore},
                     kernels, run, launch)

@@ -38,14 +38,13 @@ def test_moe_layer_runs_on_opencl(backend, opencl, cache_dir, name):
 
 @pytest.mark.parametrize("edge", [8, 16, 32])
 def test_every_gpu_tile_edge_computes_the_same_grouped_swiglu_gemm(opencl, edge):
-    from portable_moe.backends.tvm import tuning
-    from portable_moe.backends.tvm.executable import opencl_call_of
+    from portable_moe.backends.tvm.executable import load
     from portable_moe.backends.tvm.kernels.gemm import GpuTile
     from portable_moe.backends.tvm.plan import gmm_step
 
     E, F, K = 3, 40, 72                       # neither F nor K a multiple of any edge; one empty expert
     step = gmm_step("grouped_matmul", [], E, 2 * F, K, GpuTile(edge), "n/a", True, False)
-    call = opencl_call_of(step, tuning.opencl_target())
+    call = load(step, "opencl")
     x, w, b = torch.randn(37, K), torch.randn(E, 2 * F, K), torch.randn(2 * F)
     offsets = torch.tensor([0, 21, 21, 37])
     y = torch.empty(37, F)
@@ -74,7 +73,7 @@ def test_opencl_tile_is_tuned_on_first_use_cached_and_reused(backend, opencl, tm
     assert all(v["tile"]["edge"] in (8, 16, 32) for v in saved.values())
     assert_matches(exe.run(x, params), reference64(graph, x, params))
 
-    monkeypatch.setattr(tuning, "opencl_runner", lambda *a: pytest.fail("tuned again"))
+    monkeypatch.setattr(tuning, "runner", lambda *a: pytest.fail("tuned again"))
     again = backend.compile(graph, opencl, options)
     assert "tuning" not in capfd.readouterr().err and again.notes == exe.notes
 
