@@ -118,7 +118,7 @@ class TVMBackend(Backend):
         self.check_target(target)
         if import_failure("tvm"):
             raise BackendError(import_failure("tvm"))
-        from .codegen import lower_graph
+        from .lower import lower_graph
 
         opts = TVMOptions.of(options)
         return lower_graph(self, graph, target, Path(out_dir), opts)
