@@ -5,7 +5,7 @@ reshapes, packs expert weights and checks inputs; gradients come from the refere
 
 Rooms: this file (the plug-in, its options and support table); plan.py (run-time planning: a step per
 node); lower.py (ahead-of-time lowering, also used for the device run on); executable.py; kernels/;
-tuning.py (GEMM tiles: tables, first-use tuning). TVM is imported on first use (~2 s), in env.py."""
+tuning.py (GEMM tiles: tables, first-use tuning). TVM is imported on first use (it takes ~2 s)."""
 
 from __future__ import annotations
 
@@ -44,14 +44,9 @@ class TVMBackend(Backend):
     targets = ("cpu", "cuda:sm_80", "cuda:sm_90", "rocm:gfx90a", "rocm:gfx942", "rocm:gfx1100", "opencl", "metal")
 
     def devices(self) -> list[Device]:
-        from ..opencl import platform_device
+        from ..opencl import devices
 
-        found = platform_device()
-        if found is None:
-            return []
-        platform, name, memory = found
-        vendor = "pocl" if "Portable" in platform else platform.split()[0].lower()
-        return [Device("opencl", 0, vendor, name, "pocl" if vendor == "pocl" else "opencl", int(memory), platform)]
+        return devices()
 
     def availability(self, device: Device) -> str | None:
         failure = import_failure("tvm")

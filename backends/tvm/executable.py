@@ -4,44 +4,56 @@ launched through pyopencl)."""
 
 from __future__ import annotations
 
+import os
 import re
-import weakref
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+import tvm
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ...ir import Graph
 from .. import opencl
 from ..base import Executable
 from ..devices import Device
-from .env import host_cpu, target, tvm, use_threads
-from .lower import compiled
+from .lower import compiled, target
 from .plan import Step
+from .tuning import host_cpu
 
 # TVM names an OpenCL kernel's buffer parameters `<buffer>_ptr`, its scalars after shape variables (+ `_<n>`)
 SIGNATURE = re.compile(r"__kernel void (\w+)_kernel\(([^)]*)\)")
 SCALARS = {"long": np.int64, "int": np.int32}
+POOL = threading.local()
+
+
+def use_threads(count: int):
+    """Sizes the calling thread's TVM pool (0: every core this process may use); left alone, TVM takes
+    half the logical cores for hyper-threads and often runs one thread."""
+    cores = sorted(os.sched_getaffinity(0))
+    count = min(count or len(cores), len(cores))
+    if getattr(POOL, "count", None) != count:
+        tvm.get_global_func("runtime.config_threadpool")(1, count, [str(c) for c in cores[:count]])
+        POOL.count = count
 
 
 class PackedWeights:
     """Expert weights packed [E, N, K] -> [E, N/nb, K, nb] for the CPU kernels. An entry serves only the
     tensor object it was made from (held weakly: a new tensor at a recycled address is never taken for
-    it), at the same storage and in-place version; writes torch cannot see (`.data`, numpy) go unnoticed."""
+    it), at the same storage, in-place version and nb; writes torch cannot see (`.data`, numpy) go unnoticed."""
 
     def __init__(self):
-        self.entries: dict[tuple[int, int], tuple] = {}
+        self.entries = WeakIdKeyDictionary()
 
     def __call__(self, w: torch.Tensor, E: int, nb: int) -> torch.Tensor:
-        key, state = (id(w), nb), (w._version, w.data_ptr())
-        entry = self.entries.get(key)
-        if entry is not None and entry[0]() is w and entry[1] == state:
-            return entry[2]
-        N, K = w.shape[-2:]
-        packed = w.detach().float().reshape(E, N // nb, nb, K).transpose(2, 3).contiguous()
-        self.entries[key] = (weakref.ref(w, lambda _: self.entries.pop(key, None)), state, packed)
-        return packed
+        state, entry = (w._version, w.data_ptr(), nb), self.entries.get(w)
+        if entry is None or entry[0] != state:
+            N, K = w.shape[-2:]
+            packed = w.detach().float().reshape(E, N // nb, nb, K).transpose(2, 3).contiguous()
+            entry = self.entries[w] = (state, packed)
+        return entry[1]
 
 
 class CpuCall:

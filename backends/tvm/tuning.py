@@ -13,12 +13,13 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import tvm
 
 from .. import opencl
 from ..tuned import race, save_entry, table_entries
-from .env import TVM_VERSION, host_cpu, target, tvm
 from .kernels.gemm import CpuTile, GpuTile
 
+TVM_VERSION = tvm.__version__
 SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
 TUNE_FROM = 1 << 20             # N * K: below it, tuning costs more than it saves
 FORMAT, VERSION = "portable_moe.tvm.tuned", 2
@@ -34,8 +35,14 @@ class Host:
 
 
 @cache
+def host_cpu() -> str:
+    """LLVM's name for this CPU (znver5, skylake-avx512, ...)."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+@cache
 def host() -> Host:
-    features = set(tvm.target.codegen.llvm_get_cpu_features(target("cpu")))
+    features = set(tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})))
     wide = "avx512f" in features and "prefer-256-bit" not in features
     lanes = 16 if wide else 8 if "avx2" in features or "avx" in features else 4
     registers = 32 if "avx512f" in features or "neon" in features else 16
