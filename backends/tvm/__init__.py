@@ -70,11 +70,13 @@ class TVMBackend(Backend):
         if reason:
             raise BackendError(reason)
         self.require_supported(graph, device)
-        from .executable import TVMExecutable
+        from .executable import TVMExecutable, use_threads
         from .plan import plan
         from .tuning import tile_for
 
         opts = TVMOptions.of(options)
+        if device.kind == "cpu":
+            use_threads(opts.threads)       # first-use tuning times the kernels as they will run
         steps = plan(graph, lambda *a: tile_for(*a, opts, device.kind))
         return TVMExecutable(graph, device, steps, opts.cache_root(self.name), opts.threads)
 

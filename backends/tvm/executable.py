@@ -21,7 +21,7 @@ from ..base import Executable
 from ..devices import Device
 from .lower import compiled, target
 from .plan import Step
-from .tuning import host_cpu
+from .tuning import host
 
 # TVM names an OpenCL kernel's buffer parameters `<buffer>_ptr`, its scalars after shape variables (+ `_<n>`)
 SIGNATURE = re.compile(r"__kernel void (\w+)_kernel\(([^)]*)\)")
@@ -108,8 +108,6 @@ class TVMExecutable(Executable):
     def __init__(self, graph: Graph, device: Device, steps: list[Step], cache_dir: Path, threads: int = 0):
         super().__init__(graph, device)
         self.steps, self.threads, self.packed = steps, threads, PackedWeights()
-        if device.kind == "cpu":
-            use_threads(threads)
         self.calls = [load(s, device.kind, cache_dir, self.packed) for s in steps]
 
     def placement(self) -> dict[str, str]:
@@ -119,7 +117,7 @@ class TVMExecutable(Executable):
 
     @property
     def notes(self) -> list[str]:
-        where = host_cpu() if self.device.kind == "cpu" else self.device.name
+        where = host().cpu if self.device.kind == "cpu" else self.device.name
         return [f"{s.nodes[0].name}: tile {s.tile} ({s.tuning}, {where})" for s in self.steps if s.tuning != "n/a"]
 
     def run(self, inputs: Mapping, params: Mapping) -> list:

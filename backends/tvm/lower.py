@@ -21,7 +21,7 @@ from ..devices import cpu_device
 from ..progress import Progress, native_stderr_filtered
 from .kernels.gemm import GpuTile
 from .plan import Step, plan
-from .tuning import TVM_VERSION, host_cpu, tile_for
+from .tuning import TVM_VERSION, host, tile_for
 
 SOURCE_SUFFIX = {"cuda": ".cu", "opencl": ".cl", "metal": ".metal", "rocm": ".s"}
 CAPTURED: list[bytes] = []       # code objects TVM's ROCm link callback returned
@@ -35,7 +35,7 @@ def target(name: str) -> tvm.target.Target:
     'cuda:<arch>' or 'rocm:<arch>'."""
     kind, _, arch = name.partition(":")
     if kind == "cpu":
-        return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": len(os.sched_getaffinity(0))})
+        return tvm.target.Target({"kind": "llvm", "mcpu": host().cpu, "num-cores": len(os.sched_getaffinity(0))})
     spec = {"kind": kind, ARCH_FIELD[kind]: arch} if arch else {"kind": kind}
     return tvm.target.Target(spec, host={"kind": "llvm"})
 
@@ -147,6 +147,6 @@ def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options)
     with Progress(f"tvm {target_name}", len(steps)) as progress, native_stderr_filtered(NATIVE_NOISE):
         kernels = [write_out(s, target_name, out_dir, options.cache_root("tvm"), progress) for s in steps]
         built_for = str(target(target_name))
-    extra = {"mcpu": host_cpu()} if target_name == "cpu" else {}
+    extra = {"mcpu": host().cpu} if target_name == "cpu" else {}
     return write_manifest(out_dir, backend.name, target_name, graph, kernels, tvm_version=TVM_VERSION,
                           tvm_target=built_for, not_lowered=skipped, **extra)

@@ -8,6 +8,7 @@ Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features."
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -35,28 +36,22 @@ class Host:
 
 
 @cache
-def host_cpu() -> str:
-    """LLVM's name for this CPU (znver5, skylake-avx512, ...)."""
-    return str(tvm.target.codegen.llvm_get_system_cpu())
-
-
-@cache
 def host() -> Host:
-    features = set(tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})))
+    """This CPU as LLVM names it (znver5, skylake-avx512, ...) and sees it."""
+    cpu = str(tvm.target.codegen.llvm_get_system_cpu())
+    features = set(tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu})))
     wide = "avx512f" in features and "prefer-256-bit" not in features
     lanes = 16 if wide else 8 if "avx2" in features or "avx" in features else 4
     registers = 32 if "avx512f" in features or "neon" in features else 16
-    return Host(host_cpu(), lanes, registers, l2_bytes())
+    return Host(cpu, lanes, registers, l2_bytes())
 
 
 def l2_bytes() -> int:
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
+        with suppress(OSError, ValueError):
             if (index / "level").read_text().strip() == "2":
                 size = (index / "size").read_text().strip().upper()
                 return int(size.rstrip("KM")) << (20 if size.endswith("M") else 10)
-        except (OSError, ValueError):
-            continue
     return 1 << 20
 
 
