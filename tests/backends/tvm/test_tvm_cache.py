@@ -74,3 +74,14 @@ def test_key_changes_with_target_and_spec():
     assert a != entry_key({"op": "swiglu", "F": 16}, "cpu")
     assert a != entry_key({"op": "swiglu", "F": 8}, "opencl")
     assert entry_key({"op": "swiglu", "F": 8}, "cuda:sm_80") != entry_key({"op": "swiglu", "F": 8}, "cuda:sm_90")
+
+
+def test_the_executable_loads_what_lowering_for_its_device_built(backend, tmp_path):
+    from portable_moe.backends.devices import cpu_device
+
+    graph = build_moe_layer(preset("debug"))
+    options = backend.Options(cache_dir=str(tmp_path))
+    lowered = backend.lower(graph, "cpu", tmp_path / "aot", options)
+    cache.STATS.clear()
+    backend.compile(graph, cpu_device(), options)
+    assert dict(cache.STATS) == {"hit": len(lowered["kernels"])}
