@@ -16,9 +16,8 @@ from ...ir import DType, Graph
 from ..base import Backend, BackendError, BackendOptions, Executable, Support, import_failure
 from ..devices import Device
 
-CPU_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "add", "mul", "silu",
-           "sigmoid", "gelu", "rms_norm", "softmax", "embedding", "attention", "cross_entropy")
 OPENCL_OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "attention", "cross_entropy")
+CPU_OPS = (*OPENCL_OPS, "add", "mul", "silu", "sigmoid", "gelu", "rms_norm", "softmax", "embedding")
 DECLINED = {
     "float16": "the kernels are written for float32 (fp16 has no fast CPU path here: ~0.3 GFLOP/s)",
     "bfloat16": "the kernels are written for float32; bf16 is not lowered yet",
