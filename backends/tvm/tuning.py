@@ -129,6 +129,15 @@ def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile | GpuTile, kind: 
     return lambda: step.run(call, x, w, offsets)
 
 
+def tune(E: int, N: int, K: int, swiglu: bool, options, kind: str) -> tuple[CpuTile | GpuTile, float]:
+    """The fastest candidate tile and its GFLOP/s, raced within options.tune_seconds (progress on stderr)."""
+    label = f"tvm: tuning grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {device_name(kind)}"
+    flops = 2 * rows_timed(E, kind) * N * K
+    return race(label, list(dict.fromkeys(candidates(N, K, swiglu, kind))),
+                lambda tile: runner(E, N, K, swiglu, tile, kind, options.cache_root("tvm")), options.tune_seconds,
+                lambda seconds: flops / seconds / 1e9)
+
+
 def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
              kind: str = "cpu") -> tuple[CpuTile | GpuTile, str]:
     """The tile for one GEMM on a 'cpu' or 'opencl' device, and where it came from."""
@@ -139,10 +148,7 @@ def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
             if tile is not None:
                 return tile, source
         if options.tune_seconds > 0 and N * K >= TUNE_FROM:
-            label = f"tvm: tuning grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {device_name(kind)}"
-            tile, gflops = race(label, list(dict.fromkeys(candidates(N, K, swiglu, kind))),
-                                lambda t: runner(E, N, K, swiglu, t, kind, options.cache_root("tvm")),
-                                options.tune_seconds, lambda seconds: 2 * rows_timed(E, kind) * N * K / seconds / 1e9)
+            tile, gflops = tune(E, N, K, swiglu, options, kind)
             save(local_table(options, kind), key, tile, gflops)
             return tile, "tuned here"
     if kind == "opencl":
@@ -161,5 +167,5 @@ def describe(kind: str, options) -> str:
     if kind == "opencl":
         return f"GPU-style tiles (work-groups, shared memory) for {device_name(kind)}: {how}"
     h = host()
-    return f"CPU tiles for {h.cpu} ({h.lanes * 32}-bit vectors, {h.registers} registers, L2 {h.l2_bytes >> 10} KiB): " \
-        + how
+    model = f"{h.lanes * 32}-bit vectors, {h.registers} registers, L2 {h.l2_bytes >> 10} KiB"
+    return f"CPU tiles for {h.cpu} ({model}): {how}"
