@@ -126,7 +126,8 @@ def compiled(step: Step, target_name: str, cache_dir: Path, progress=lambda: Non
 
 def write_out(step: Step, target_name: str, out_dir: Path, cache_dir: Path, progress) -> dict:
     """The step's artifacts copied into out_dir under its nodes' names, and its manifest entry."""
-    entry, stem = compiled(step, target_name, cache_dir, progress), safe_name("+".join(n.name for n in step.nodes), 100)
+    entry = compiled(step, target_name, cache_dir, progress)
+    stem = safe_name("+".join(n.name for n in step.nodes), 100)
     artifacts = {stage: stem + Path(name).suffix for stage, name in entry.meta["artifacts"].items()}
     for stage, name in entry.meta["artifacts"].items():
         (out_dir / artifacts[stage]).write_bytes(entry.read(name))
