@@ -52,6 +52,13 @@ class BackendOptions:
             raise BackendError(f"unknown option(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(known)}")
         return cls(**values)
 
+    @classmethod
+    def of(cls, options: BackendOptions):
+        """options as this class: a plain (or another backend's) BackendOptions keeps its shared fields."""
+        if isinstance(options, cls):
+            return options
+        return cls(**{f.name: getattr(options, f.name) for f in fields(BackendOptions)})
+
     def cache_root(self, backend: str) -> Path:
         """cache_dir (options_for fills it from the PORTABLE_MOE_CACHE_DIR knob), else the backend's folder
         under DEFAULT_CACHE_DIR."""

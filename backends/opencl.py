@@ -1,6 +1,6 @@
 """OpenCL devices through pyopencl, for any backend that generates OpenCL C (backend-agnostic): the first
-platform's device, programs built from source, and kernel launches on torch tensors (copied in, the
-named outputs copied back)."""
+platform's device, described and opened, programs built from source, and kernel launches on torch tensors
+(copied in, the named outputs copied back)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .base import BackendError
+from .devices import Device
 
 
 @cache
@@ -24,19 +25,20 @@ def context():
     return ctx, cl.CommandQueue(ctx), device
 
 
-def platform_device():
-    """(platform name, device name, memory) of the first OpenCL device, or None when there is none."""
+def devices() -> list[Device]:
+    """The first OpenCL platform's first device, described as a Device; none without pyopencl or an ICD."""
     try:
         import pyopencl as cl
     except ImportError:
-        return None
+        return []
     try:
-        for p in cl.get_platforms():
-            for d in p.get_devices():
-                return p.name, d.name, d.global_mem_size
-    except cl.Error:        # no ICD loader or no platform installed: the same as no device
-        return None
-    return None
+        platform = cl.get_platforms()[0]
+        device = platform.get_devices()[0]
+    except (cl.Error, IndexError):        # no ICD loader, no platform or no device
+        return []
+    vendor = "pocl" if "Portable" in platform.name else platform.name.split()[0].lower()
+    arch = "pocl" if vendor == "pocl" else "opencl"
+    return [Device("opencl", 0, vendor, device.name, arch, int(device.global_mem_size), platform.name)]
 
 
 def program(source: str):

@@ -10,8 +10,8 @@ import tempfile
 
 
 class Progress:
-    """While compiling: a line that counts up on a terminal, elsewhere one line when compiling starts. It
-    writes to stderr as it was when created (native_stderr_filtered holds back what is written later)."""
+    """While compiling (a context): a line that counts up on a terminal, elsewhere one line when compiling
+    starts. It writes to stderr as it was when created (native_stderr_filtered holds back later writes)."""
 
     def __init__(self, label: str, total: int):
         sys.stderr.flush()
@@ -28,7 +28,10 @@ class Progress:
             print(f"{self.label}: compiling the kernels not in the cache ({self.total} steps)", file=self.stream,
                   flush=True)
 
-    def close(self):
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc):
         if self.tty and self.done:
             print("\r\033[K", end="", file=self.stream, flush=True)
         self.stream.close()

@@ -1,32 +1,30 @@
-"""Tiles for the grouped GEMM: CPU tiles (kernels.gemm.CpuTile) and, on an OpenCL device, the GPU
-kernel's tile (GpuTile), taken from the first of:
+"""The grouped GEMM's tile (a CpuTile on the CPU, a GpuTile on OpenCL), from the first of: the shipped
+table (tuned/cpu.json, CPU only) and this machine's (tuned-<kind>.json in the cache dir), keyed by TVM
+version, device and shape bucket; a first-use tuning race for a large GEMM, within Options.tune_seconds
+and saved to this machine's table; else the register model (CPU) or a 16x16 tile (OpenCL).
 
-1. the shipped table (tuned/cpu.json, CPU only) and this machine's own results (tuned-<kind>.json in
-   the cache dir), keyed by TVM version, device (LLVM's CPU name or the OpenCL device's) and shape bucket;
-2. a short tuning pass now, for a large GEMM on a device neither knows: a handful of candidate tiles,
-   bounded by Options.tune_seconds, progress on stderr; the winner is saved as in 1;
-3. the default: on the CPU the register model (LLVM's vector width and register count for this CPU give
-   MT x NB accumulators that fill the registers, and L2's size gives NC weight panels that fit half of
-   it); on OpenCL a 16 x 16 tile.
-
-Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features, R rows."""
+Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features."""
 
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
+import tvm
 
+from .. import opencl
 from ..tuned import race, save_entry, table_entries
-from .env import TVM_VERSION, cpu_target, host_cpu, tvm
 from .kernels.gemm import CpuTile, GpuTile
 
+TVM_VERSION = tvm.__version__
 SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
-TUNE_FROM = 1 << 20             # N * K: smaller GEMMs run the model's tile (tuning would cost more than it saves)
+TUNE_FROM = 1 << 20             # N * K: below it, tuning costs more than it saves
 FORMAT, VERSION = "portable_moe.tvm.tuned", 2
+TILE = {"cpu": CpuTile, "opencl": GpuTile}
 
 
 @dataclass(frozen=True)
@@ -36,85 +34,73 @@ class Host:
     registers: int              # vector registers
     l2_bytes: int
 
-    def describe(self) -> str:
-        return f"{self.cpu} ({self.lanes * 32}-bit vectors, {self.registers} registers, L2 {self.l2_bytes >> 10} KiB)"
-
 
 @cache
 def host() -> Host:
-    target = cpu_target()
-    features = set(tvm.target.codegen.llvm_get_cpu_features(target))
+    """This CPU as LLVM names it (znver5, skylake-avx512, ...) and sees it."""
+    cpu = str(tvm.target.codegen.llvm_get_system_cpu())
+    features = set(tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu})))
     wide = "avx512f" in features and "prefer-256-bit" not in features
     lanes = 16 if wide else 8 if "avx2" in features or "avx" in features else 4
     registers = 32 if "avx512f" in features or "neon" in features else 16
-    return Host(host_cpu(), lanes, registers, l2_size())
+    return Host(cpu, lanes, registers, l2_bytes())
 
 
-def l2_size() -> int:
+def l2_bytes() -> int:
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
+        with suppress(OSError, ValueError):
             if (index / "level").read_text().strip() == "2":
-                text = (index / "size").read_text().strip().upper()
-                return int(text.rstrip("KM")) << (20 if text.endswith("M") else 10)
-        except (OSError, ValueError):
-            continue
+                size = (index / "size").read_text().strip().upper()
+                return int(size.rstrip("KM")) << (20 if size.endswith("M") else 10)
     return 1 << 20
 
 
-@cache
-def opencl_device() -> tuple[str, int]:
-    """The OpenCL device the backend runs on: its name and largest work-group."""
-    from ..opencl import context
-
-    device = context()[2]
-    return device.name.strip(), device.max_work_group_size
-
-
 def device_name(kind: str) -> str:
-    return host().cpu if kind == "cpu" else opencl_device()[0]
+    return host().cpu if kind == "cpu" else opencl.context()[2].name.strip()
 
 
 def shape_key(op: str, N: int, K: int, swiglu: bool, kind: str = "cpu") -> str:
-    def bucket(n):
-        return 1 << (n - 1).bit_length()
-    return f"{TVM_VERSION}|{device_name(kind)}|{op}{'+swiglu' if swiglu else ''}|n{bucket(N)}|k{bucket(K)}"
+    n, k = (1 << (d - 1).bit_length() for d in (N, K))
+    return f"{TVM_VERSION}|{device_name(kind)}|{op}{'+swiglu' if swiglu else ''}|n{n}|k{k}"
 
 
-def candidates(N: int, K: int, swiglu: bool) -> list[CpuTile]:
-    """The register model's tiles, best first. Per vectors-per-row nv, the most rows that fit the
-    registers; the best has enough accumulators to hide FMA latency (>= 12) and the fewest loads per FMA."""
+def candidates(N: int, K: int, swiglu: bool, kind: str = "cpu") -> list[CpuTile | GpuTile]:
+    """Best first. OpenCL: square tiles the work-groups hold. CPU: per vectors-per-row nv, the most rows
+    that fit the registers; the best hides FMA latency (>= 12 accumulators) with the fewest loads per FMA,
+    and its NC weight panels fit half of L2."""
+    if kind == "opencl":
+        return [GpuTile(e) for e in (16, 32, 8) if e * e <= opencl.context()[2].max_work_group_size]
     h, s = host(), 2 if swiglu else 1
     scored = []
     for nv in (1, 2, 4):
         mt = min(14, (h.registers - 1 - nv * s) // (nv * s))
-        if mt < 2:
-            continue
-        acc, loads = mt * nv * s, mt + nv * s
-        nb = nv * h.lanes
-        panels = max(1, h.l2_bytes // 2 // (K * nb * 4 * s))
-        nc = min(8, 1 << (panels.bit_length() - 1))
-        scored.append(((acc >= 12, -loads / acc, acc), CpuTile(mt, nb, nc)))
+        if mt >= 2:
+            acc, nb = mt * nv * s, nv * h.lanes
+            panels = max(1, h.l2_bytes // 2 // (K * nb * 4 * s))
+            nc = min(8, 1 << (panels.bit_length() - 1))
+            scored.append(((acc >= 12, -(mt + nv * s) / acc, acc), CpuTile(mt, nb, nc)))
     tiles = [t for _, t in sorted(scored, key=lambda x: x[0], reverse=True)]
     best = tiles[0]
     return [best, CpuTile(best.MT, best.NB, max(1, best.NC // 2)), CpuTile(best.MT, best.NB, min(8, best.NC * 2)),
             *tiles[1:3], CpuTile(max(2, best.MT - 4), best.NB, best.NC)]
 
 
-def gpu_candidates() -> list[GpuTile]:
-    """Square tiles the device's work-groups can hold, the default (16) first."""
-    return [GpuTile(e) for e in (16, 32, 8) if e * e <= opencl_device()[1]]
-
-
-def local_table(options, kind: str = "cpu") -> Path:
+def local_table(options, kind: str) -> Path:
     return options.cache_root("tvm") / f"tuned-{kind}.json"
 
 
-def read_table(path: Path, tile_type: type = CpuTile) -> dict:
-    """key -> tile; entries that are not a tile of this type are left out (tuned again, and rewritten)."""
+def tables(options, kind: str) -> list[tuple[str, Path]]:
+    """Where tuned tiles are looked up, first to last: (where it came from, the table)."""
+    shipped = [("shipped table", SHIPPED)] if kind == "cpu" else []
+    return [*shipped, ("tuned here", local_table(options, kind))]
+
+
+def read_table(path: Path, kind: str = "cpu") -> dict:
+    """key -> tile; entries that are not a tile of this kind are left out (tuned again, and rewritten)."""
     tiles = {}
     for key, entry in table_entries(path, "tvm tuned tiles").items():
         try:
-            tiles[key] = tile_type(**entry["tile"])
+            tiles[key] = TILE[kind](**entry["tile"])
         except (TypeError, KeyError):
             continue
     return tiles
@@ -125,45 +111,61 @@ def save(path: Path, key: str, tile: CpuTile | GpuTile, gflops: float):
                                             "when": time.strftime("%Y-%m-%d")})
 
 
-def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile | GpuTile, kind: str):
-    """The GEMM with one tile, built and called as the executable does, on random data (CPU: 256 rows per
-    expert; OpenCL: 256 rows over at most 4 experts, a GEMM that keeps PoCL busy ~1 s): runs it once."""
+def rows_timed(E: int, kind: str) -> int:
+    return 256 * E if kind == "cpu" else 256        # OpenCL: ~1 s of PoCL work
+
+
+def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile | GpuTile, kind: str, cache_dir: Path):
+    """The GEMM with one tile, built and called as the executable does, over random rows (OpenCL: spread
+    over at most 4 experts); runs it once and returns a function that runs it again."""
     from .executable import load
     from .plan import gmm_step
 
     step = gmm_step("grouped_matmul", [], E, N, K, tile, "n/a", swiglu, False)
-    call = load(step, kind)
-    rows, busy = rows_timed(E, kind), E if kind == "cpu" else min(E, 4)
+    call, rows, busy = load(step, kind, cache_dir), rows_timed(E, kind), E if kind == "cpu" else min(E, 4)
     offsets = torch.cat([torch.linspace(0, rows, busy + 1).round().long(), torch.full((E - busy,), rows)])
     x, w = torch.randn(rows, K), torch.randn(E, N, K)
     step.run(call, x, w, offsets)
     return lambda: step.run(call, x, w, offsets)
 
 
-def rows_timed(E: int, kind: str) -> int:
-    return 256 * E if kind == "cpu" else 256
-
-
-def tune(E: int, N: int, K: int, swiglu: bool, budget: float, kind: str = "cpu") -> tuple[CpuTile | GpuTile, float]:
-    tiles = list(dict.fromkeys(candidates(N, K, swiglu) if kind == "cpu" else gpu_candidates()))
+def tune(E: int, N: int, K: int, swiglu: bool, options, kind: str) -> tuple[CpuTile | GpuTile, float]:
+    """The fastest candidate tile and its GFLOP/s, raced within options.tune_seconds (progress on stderr)."""
     label = f"tvm: tuning grouped_matmul{'+swiglu' if swiglu else ''} {E}x{N}x{K} for {device_name(kind)}"
-    return race(label, tiles, lambda tile: runner(E, N, K, swiglu, tile, kind), budget,
-                lambda seconds: 2 * rows_timed(E, kind) * N * K / seconds / 1e9)
+    flops = 2 * rows_timed(E, kind) * N * K
+    return race(label, list(dict.fromkeys(candidates(N, K, swiglu, kind))),
+                lambda tile: runner(E, N, K, swiglu, tile, kind, options.cache_root("tvm")), options.tune_seconds,
+                lambda seconds: flops / seconds / 1e9)
 
 
 def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
              kind: str = "cpu") -> tuple[CpuTile | GpuTile, str]:
-    """The tile for one GEMM on a 'cpu' or 'opencl' device and where it came from: 'shipped table',
-    'tuned here', else 'register model' (CPU) or 'default' (OpenCL)."""
-    cpu = kind == "cpu"
+    """The tile for one GEMM on a 'cpu' or 'opencl' device, and where it came from."""
     if options.use_tuned:
-        key, local = shape_key(op, N, K, swiglu, kind), local_table(options, kind)
-        tables = (("shipped table", read_table(SHIPPED)),) if cpu else ()
-        for source, table in (*tables, ("tuned here", read_table(local, CpuTile if cpu else GpuTile))):
-            if key in table:
-                return table[key], source
+        key = shape_key(op, N, K, swiglu, kind)
+        for source, path in tables(options, kind):
+            tile = read_table(path, kind).get(key)
+            if tile is not None:
+                return tile, source
         if options.tune_seconds > 0 and N * K >= TUNE_FROM:
-            tile, gflops = tune(E, N, K, swiglu, options.tune_seconds, kind)
-            save(local, key, tile, gflops)
+            tile, gflops = tune(E, N, K, swiglu, options, kind)
+            save(local_table(options, kind), key, tile, gflops)
             return tile, "tuned here"
-    return (candidates(N, K, swiglu)[0], "register model") if cpu else (GpuTile(), "default")
+    if kind == "opencl":
+        return GpuTile(), "default"
+    return candidates(N, K, swiglu)[0], "register model"
+
+
+def describe(kind: str, options) -> str:
+    """The devices line: whose tiles, and whether they are tuned for this device (and where)."""
+    def knows(path):
+        return any(key.split("|")[:2] == [TVM_VERSION, device_name(kind)] for key in read_table(path, kind))
+
+    fallback = "the register model" if kind == "cpu" else "16x16 tiles"
+    how = next((source for source, path in tables(options, kind) if knows(path)),
+               f"not tuned for it yet: tuned on first use of a large GEMM (tune_seconds), else {fallback}")
+    if kind == "opencl":
+        return f"GPU-style tiles (work-groups, shared memory) for {device_name(kind)}: {how}"
+    h = host()
+    model = f"{h.lanes * 32}-bit vectors, {h.registers} registers, L2 {h.l2_bytes >> 10} KiB"
+    return f"CPU tiles for {h.cpu} ({model}): {how}"

@@ -5,7 +5,7 @@ A symbolic IR dim ('tokens', 'batch*seq') becomes one int64 shape variable per d
 
 from __future__ import annotations
 
-from ..env import tvm
+import tvm
 
 te, topi = tvm.te, tvm.topi
 

@@ -14,7 +14,7 @@ from portable_moe.models import build_moe_layer, init_params, preset
 
 
 def libraries(root):
-    return sorted(root.glob("*/lib.so"))
+    return sorted(root.glob("*/kernel.so"))
 
 
 def test_second_compile_hits_and_a_replaced_library_is_rebuilt(backend, tmp_path, capfd):
@@ -39,14 +39,14 @@ def test_second_compile_hits_and_a_replaced_library_is_rebuilt(backend, tmp_path
     foreign = tmp_path / "foreign"
     foreign.write_bytes(b"\x7fELF not ours" + victim.read_bytes()[64:])
     foreign.replace(victim)
-    (victim.parent / "lib.so.sha256").write_text(cache.sha256_bytes(victim.read_bytes()))
+    (victim.parent / "kernel.so.sha256").write_text(cache.sha256_bytes(victim.read_bytes()))
     cache.STATS.clear()
     capfd.readouterr()
     exe = backend.compile(graph, cpu_device(), options)
     assert cache.STATS["corrupt"] == 1
     assert "does not match its digest" in capfd.readouterr().err
     record = json.loads((victim.parent.parent / f"{victim.parent.name}{DIGEST_SUFFIX}").read_text())
-    assert cache.sha256_bytes(victim.read_bytes()) == record["files"]["lib.so"]
+    assert cache.sha256_bytes(victim.read_bytes()) == record["files"]["kernel.so"]
     x = {"x": torch.randn(9, 64)}
     assert_matches(exe.run(x, params), reference64(graph, x, params))
 
@@ -67,9 +67,21 @@ def test_ahead_of_time_artifacts_are_cached_by_graph_and_target(backend, tmp_pat
 
 
 def test_key_changes_with_target_and_spec():
-    from portable_moe.backends.tvm.executable import entry_key
+    from portable_moe.backends.tvm.lower import entry_key
 
-    a = entry_key({"op": "swiglu", "F": 8}, "llvm")
-    assert a == entry_key({"op": "swiglu", "F": 8}, "llvm")
-    assert a != entry_key({"op": "swiglu", "F": 16}, "llvm")
+    a = entry_key({"op": "swiglu", "F": 8}, "cpu")
+    assert a == entry_key({"op": "swiglu", "F": 8}, "cpu")
+    assert a != entry_key({"op": "swiglu", "F": 16}, "cpu")
     assert a != entry_key({"op": "swiglu", "F": 8}, "opencl")
+    assert entry_key({"op": "swiglu", "F": 8}, "cuda:sm_80") != entry_key({"op": "swiglu", "F": 8}, "cuda:sm_90")
+
+
+def test_the_executable_loads_what_lowering_for_its_device_built(backend, tmp_path):
+    from portable_moe.backends.devices import cpu_device
+
+    graph = build_moe_layer(preset("debug"))
+    options = backend.Options(cache_dir=str(tmp_path))
+    lowered = backend.lower(graph, "cpu", tmp_path / "aot", options)
+    cache.STATS.clear()
+    backend.compile(graph, cpu_device(), options)
+    assert dict(cache.STATS) == {"hit": len(lowered["kernels"])}

@@ -37,14 +37,14 @@ def test_moe_layer_runs_on_opencl(backend, opencl, cache_dir, name):
 
 
 @pytest.mark.parametrize("edge", [8, 16, 32])
-def test_every_gpu_tile_edge_computes_the_same_grouped_swiglu_gemm(opencl, edge):
+def test_every_gpu_tile_edge_computes_the_same_grouped_swiglu_gemm(opencl, cache_dir, edge):
     from portable_moe.backends.tvm.executable import load
     from portable_moe.backends.tvm.kernels.gemm import GpuTile
     from portable_moe.backends.tvm.plan import gmm_step
 
     E, F, K = 3, 40, 72                       # neither F nor K a multiple of any edge; one empty expert
     step = gmm_step("grouped_matmul", [], E, 2 * F, K, GpuTile(edge), "n/a", True, False)
-    call = load(step, "opencl")
+    call = load(step, "opencl", cache_dir)
     x, w, b = torch.randn(37, K), torch.randn(E, 2 * F, K), torch.randn(2 * F)
     offsets = torch.tensor([0, 21, 21, 37])
     y = torch.empty(37, F)

@@ -85,3 +85,12 @@ def test_devices_line_says_whether_this_cpu_is_tuned_and_from_where(tmp_path, mo
     assert "tuned here" in line()
     monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "tvm" / "tuned-cpu.json")
     assert "shipped table" in line()
+
+
+def test_plain_backend_options_become_tvm_options_keeping_the_shared_fields(tmp_path):
+    from portable_moe.backends.base import BackendOptions
+
+    opts = TVMOptions.of(BackendOptions(cache_dir=str(tmp_path)))
+    assert isinstance(opts, TVMOptions) and opts.cache_dir == str(tmp_path) and opts.tune_seconds == 30.0
+    mine = TVMOptions(tune_seconds=1)
+    assert TVMOptions.of(mine) is mine

@@ -1,0 +1,153 @@
+"""Ahead-of-time lowering, which the executable also runs for its own device: each step compiled for one
+target into the artifact store (a .so for the CPU, OpenCL C, Metal, AMDGPU assembly + code object, and
+CUDA C + PTX/cubin by nvcc, as TVM 0.27's nvptx target is broken with its LLVM), then written out with a
+manifest."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import tvm
+
+from ...ir import Graph
+from ..base import BackendError, write_manifest
+from ..cache import Entry, Store, make_key, safe_name
+from ..devices import cpu_device
+from ..progress import Progress, native_stderr_filtered
+from .kernels.gemm import GpuTile
+from .plan import Step, plan
+from .tuning import TVM_VERSION, host, tile_for
+
+SOURCE_SUFFIX = {"cuda": ".cu", "opencl": ".cl", "metal": ".metal", "rocm": ".s"}
+CAPTURED: list[bytes] = []       # code objects TVM's ROCm link callback returned
+# TVM's AMDGPU codegen asks the (absent) ROCm runtime for limits and logs a warning per kernel
+NATIVE_NOISE = ("Cannot get maximum number of threads for AMD codegen", "Unable to detect ROCm version")
+ARCH_FIELD = {"cuda": "arch", "rocm": "mcpu"}
+
+
+def target(name: str) -> tvm.target.Target:
+    """The TVM target for 'cpu' (llvm for this CPU: ~4.5x faster than without -mcpu), 'opencl', 'metal',
+    'cuda:<arch>' or 'rocm:<arch>'."""
+    kind, _, arch = name.partition(":")
+    if kind == "cpu":
+        return tvm.target.Target({"kind": "llvm", "mcpu": host().cpu, "num-cores": len(os.sched_getaffinity(0))})
+    spec = {"kind": kind, ARCH_FIELD[kind]: arch} if arch else {"kind": kind}
+    return tvm.target.Target(spec, host={"kind": "llvm"})
+
+
+@cache
+def code_hash() -> str:
+    """Every source file of this backend: a change to any kernel or schedule keys new cache entries."""
+    files = sorted(Path(__file__).parent.rglob("*.py"))
+    return make_key(sources=[p.read_text() for p in files])
+
+
+def entry_key(spec: dict, target_name: str) -> str:
+    nvcc = nvcc_version() if target_name.startswith("cuda") else None
+    return make_key(spec=spec, target=str(target(target_name)), tvm=TVM_VERSION, code=code_hash(), nvcc=nvcc)
+
+
+@cache
+def store(cache_dir: Path) -> Store:
+    return Store(cache_dir, "tvm")
+
+
+def use_rocm(given: str | None) -> str | None:
+    """The ROCm folder holding amdgcn/bitcode (`given`, else Debian's rocm-device-libs or /opt/rocm*),
+    told to TVM's ROCm codegen, whose link step is wrapped to keep each code object; None without one."""
+    from tvm.support import rocm
+
+    found = [given] if given else [os.path.dirname(os.path.dirname(b)) for b in
+                                   glob.glob("/usr/lib/*/amdgcn/bitcode") + glob.glob("/opt/rocm*/amdgcn/bitcode")]
+    root = next((r for r in found if os.path.isdir(os.path.join(r, "amdgcn", "bitcode"))), None)
+    if root is None:
+        return None
+
+    def link(obj_bin):
+        CAPTURED.append(bytes(rocm.callback_rocm_link(obj_bin)))
+        return CAPTURED[-1]
+
+    bitcode = os.path.join(root, "amdgcn", "bitcode", "")
+    tvm.register_global_func("tvm_callback_rocm_bitcode_path", lambda *_: rocm.callback_rocm_bitcode_path(bitcode),
+                             override=True)
+    tvm.register_global_func("tvm_callback_rocm_link", link, override=True)
+    return root
+
+
+@cache
+def nvcc_version() -> str | None:
+    exe = shutil.which("nvcc")
+    if exe is None:
+        return None
+    return (subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+            or ["unknown"])[-1]
+
+
+def nvcc(source: Path, arch: str, stage: str) -> Path:
+    out = source.with_suffix(f".{stage}")
+    proc = subprocess.run([shutil.which("nvcc"), f"-{stage}", f"-arch={arch}", "-O3", "-o", str(out), str(source)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise BackendError(f"tvm: nvcc failed on {source.name}: {proc.stderr.strip()[-400:]}")
+    return out
+
+
+def build(step: Step, target_name: str, folder: Path) -> dict:
+    """Compiles one step into folder; returns {stage: file name}."""
+    kind, _, arch = target_name.partition(":")
+    gpu, built_for = kind != "cpu", target(target_name)
+    funcs = step.kernels(gpu, built_for)
+    CAPTURED.clear()
+    built = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), built_for)
+    if not gpu:
+        built.export_library(str(folder / "kernel.so"))
+        return {"so": "kernel.so"}
+    source = folder / f"kernel{SOURCE_SUFFIX[kind]}"
+    source.write_text(built.mod.imports[0].inspect_source("asm" if kind == "rocm" else ""))
+    artifacts = {"amdgcn" if kind == "rocm" else "source": source.name}
+    if kind == "rocm" and CAPTURED:
+        (folder / "kernel.hsaco").write_bytes(CAPTURED[-1])
+        artifacts["hsaco"] = "kernel.hsaco"
+    for stage in ("ptx", "cubin") if kind == "cuda" and nvcc_version() else ():
+        artifacts[stage] = nvcc(source, arch, stage).name
+    return artifacts
+
+
+def compiled(step: Step, target_name: str, cache_dir: Path, progress=lambda: None) -> Entry:
+    """The step's store entry for the target, built on a miss (progress() counts it)."""
+    return store(cache_dir).fetch(entry_key(step.spec, target_name),
+                                  lambda folder: progress() or {"artifacts": build(step, target_name, folder)})
+
+
+def write_out(step: Step, target_name: str, out_dir: Path, cache_dir: Path, progress) -> dict:
+    """The step's artifacts copied into out_dir under its nodes' names, and its manifest entry."""
+    entry = compiled(step, target_name, cache_dir, progress)
+    stem = safe_name("+".join(n.name for n in step.nodes), 100)
+    artifacts = {stage: stem + Path(name).suffix for stage, name in entry.meta["artifacts"].items()}
+    for stage, name in entry.meta["artifacts"].items():
+        (out_dir / artifacts[stage]).write_bytes(entry.read(name))
+    return {"kernel": stem, "op": step.op, "nodes": [n.name for n in step.nodes], "target": target_name,
+            "tvm_version": TVM_VERSION, "artifacts": artifacts, "cache_hit": entry.hit}
+
+
+def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options) -> dict:
+    # every target gets the CPU's op set in float32; other nodes are listed, not lowered
+    skipped = [{"node": n.name, "op": n.op, "reason": why} for n, why in backend.unsupported(graph, cpu_device())]
+    if len(skipped) == len(graph.nodes):
+        raise BackendError(f"tvm can lower no node of '{graph.name}': {skipped[0]['reason'] if skipped else ''}")
+    if target_name.startswith("rocm") and use_rocm(options.rocm_path) is None:
+        raise BackendError("tvm: rocm target needs the ROCm device libraries (Debian: rocm-device-libs)")
+    tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (GpuTile(), "n/a"))
+    steps = plan(graph, tiles, skip={s["node"] for s in skipped})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Progress(f"tvm {target_name}", len(steps)) as progress, native_stderr_filtered(NATIVE_NOISE):
+        kernels = [write_out(s, target_name, out_dir, options.cache_root("tvm"), progress) for s in steps]
+        built_for = str(target(target_name))
+    extra = {"mcpu": host().cpu} if target_name == "cpu" else {}
+    return write_manifest(out_dir, backend.name, target_name, graph, kernels, tvm_version=TVM_VERSION,
+                          tvm_target=built_for, not_lowered=skipped, **extra)
