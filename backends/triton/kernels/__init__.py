@@ -1,5 +1,4 @@
-"""The Triton kernels of the MoE hot path, forward and backward: one source for every device, compiled by
-Triton on CUDA and ROCm, run by its interpreter on the CPU (see ..launch)."""
+"""The Triton kernels of the MoE hot path, forward and backward (launched by ..launch and ..autograd)."""
 
 from .dispatch import align_kernel, bucket_kernel, dispatch_kernel, gather_kernel, inverse_kernel
 from .moe_gemm import grouped_gemm_dw_kernel, moe_gemm_kernel

@@ -1,10 +1,6 @@
-"""Dispatch kernels. Legend: T tokens, K top-k, R = T*K (token, k) pairs, E experts, H hidden.
-
-dispatch_kernel (one program): counts per expert, exclusive prefix sum (offsets), and the stable
-permutation: the pair p = t*K + k goes to row offsets[e] + (pairs before p with expert e).
-gather_kernel: rows[r] = x[order[r] // K]. inverse_kernel: inverse[order[r]] = r (for combine).
-bucket_kernel and align_kernel lay rows out for the MoE GEMM (..launch.moe_align); the order of rows inside
-an expert's slots is arbitrary (atomics), and results do not depend on it."""
+"""Dispatch kernels. Legend: K top-k, R = T*K (token, k) pairs, E experts, H hidden. dispatch_kernel sorts the
+pairs by expert, stably; bucket_kernel and align_kernel lay rows out for the MoE GEMM (..launch.moe_align) in
+an arbitrary order within each expert (atomics), which results do not depend on."""
 
 import triton
 import triton.language as tl

@@ -1,18 +1,13 @@
-"""The grouped GEMM of the MoE layer (vLLM-style fused MoE): y[row] = a[row // A_DIV] @ w[e]^T for the rows
-of each expert e, fp32 accumulation, one expert per M-block (..launch.moe_align's slots). A_DIV = top_k
-gathers each pair's token row straight from x (no copied rows); A_DIV = 1 reads rows as they are.
-Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T), Wg = w[e, :F], Wu = w[e, F:] (F = N/2), rounding like
-grouped_matmul then swiglu; SCALE multiplies row r by scale[r] (the routing weight: combine becomes a sum).
-W_TMA: the weights come through a tensor descriptor (TMA, cp.async.bulk.tensor on sm_90 with wgmma);
-otherwise through pointers (any GPU, the interpreter). Programs are ordered GROUP_M M-blocks at a time so
-the input rows of a group stay in L2 across the N tiles.
-
-Backward: dx[seg e] = dy[seg e] @ w[e] is this GEMM over the transposed weights; grouped_gemm_dw_kernel:
-dw[e] = dy[seg e]^T @ x[seg e] (rows sorted by expert, offsets[e] the segments), one program per
-(expert, N-tile, K-tile) looping over its segment's rows; an expert with no rows gets zeros."""
+"""The MoE grouped GEMM (vLLM-style fused MoE): y[r] = a[r // A_DIV] @ w[e]^T, fp32 accumulation, one expert per
+M-block (..launch.moe_align's slots); A_DIV = top_k reads each pair's token row straight from x. Epilogues: SWIGLU
+(w[e] = [Wg; Wu]) and SCALE (row r times scale[r], so combine becomes a sum). W_TMA loads weights through a tensor
+descriptor (TMA on sm_90+). GROUP_M M-blocks run together so their input rows stay in L2 across the N tiles.
+grouped_gemm_dw_kernel: dw[e] = dy[seg e]^T @ x[seg e] for the backward; zeros for an expert with no rows."""
 
 import triton
 import triton.language as tl
+
+from .swiglu_combine import swiglu_rounded
 
 
 @triton.jit
@@ -58,9 +53,7 @@ def moe_gemm_kernel(a_ptr, w, y_ptr, slots_ptr, block_expert_ptr, scale_ptr, ROW
                 acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
         dt = y_ptr.dtype.element_ty
         if SWIGLU:
-            g32 = acc.to(dt).to(tl.float32)
-            act = (g32 * (1.0 / (1.0 + tl.exp(-g32)))).to(dt)
-            acc = act.to(tl.float32) * acc_up.to(dt).to(tl.float32)
+            acc = swiglu_rounded(acc.to(dt), acc_up.to(dt))
         if SCALE:
             acc = acc.to(dt).to(tl.float32) * tl.load(scale_ptr + rows, mask=m_ok, other=0.0).to(tl.float32)[:, None]
         tl.store(y_ptr + rows[:, None].to(tl.int64) * N_OUT + rn[None, :], acc.to(dt),

@@ -1,6 +1,5 @@
-"""Router kernel: one program per token. Logits (fp32), scores (SCORING is the IR's attribute: softmax,
-sigmoid, or raw for softmax_topk), selection bias, group-limited masking, top-k with ties to the lower index,
-renormalisation and scaling. Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
+"""The router, one program per token: fp32 logits, scores (the IR's scoring), selection bias, group-limited
+masking, top-k (ties to the lower index), renormalisation, scaling. Legend: H hidden, E experts, K top-k, G groups."""
 
 import triton
 import triton.language as tl
@@ -8,8 +7,7 @@ import triton.language as tl
 
 @triton.jit
 def pick_next(values, free, index, NONE: tl.constexpr):
-    """The index of the largest free value; NaN ranks first (as in a descending torch.sort), ties go to the
-    lower index."""
+    """The index of the largest free value; NaN ranks first, as in a descending torch.sort."""
     nan = (values != values) & free
     cand = tl.where(free & ~nan, values, float("-inf"))
     best = tl.min(tl.where((cand == tl.max(cand, axis=0)) & free & ~nan, index, NONE), axis=0)
@@ -42,7 +40,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
         p = tl.exp(z - tl.max(z, axis=0))
         scores_E = p / tl.sum(p, axis=0)
     elif SCORING == "sigmoid":
-        scores_E = 1.0 / (1.0 + tl.exp(-logits_E))
+        scores_E = tl.sigmoid(logits_E)
     else:
         scores_E = logits_E
     sel_E = scores_E

@@ -1,12 +1,6 @@
-"""SwiGLU and combine kernels, forward and backward. Legend: T tokens, K top-k, R = T*K rows, H hidden,
-F half width. All sums in float32.
-
-combine_kernel: out[t] = sum over k = 0..K-1 (in order) of weights[t, k] * y[inverse[t*K+k]].
-swiglu_kernel: y = silu(gate) * up with the reference's rounding (each op rounds to the dtype).
-swiglu_bwd_kernel: from gate_up = [g, u] and dh, d[g, u] = [dh * u * silu'(g), dh * silu(g)] with
-  silu'(g) = s * (1 + g * (1 - s)), s = sigmoid(g).
-combine_bwd_kernel: for row r holding pair p = order[r] (token p // K): dy[r] = w[p] * dout[p // K] and
-  dw[p] = <y[r], dout[p // K]>."""
+"""SwiGLU and combine kernels, forward and backward; sums in float32. Legend: T tokens, K top-k, R = T*K rows,
+H hidden, F half width. The backward of combine: for row r holding pair p = order[r], dy[r] = w[p] * dout[p // K]
+and dw[p] = <y[r], dout[p // K]>."""
 
 import triton
 import triton.language as tl
@@ -27,16 +21,20 @@ def combine_kernel(y_ptr, inverse_ptr, w_ptr, out_ptr, H, TOP_K: tl.constexpr, B
 
 
 @triton.jit
+def swiglu_rounded(gate, up):
+    """silu(gate) * up in float32, silu rounded to gate's dtype as the reference's separate ops round."""
+    g = gate.to(tl.float32)
+    return (g * tl.sigmoid(g)).to(gate.dtype).to(tl.float32) * up.to(tl.float32)
+
+
+@triton.jit
 def swiglu_kernel(x_ptr, y_ptr, F, BLOCK_F: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     f_ok = f < F
     gate = tl.load(x_ptr + m * 2 * F + f, mask=f_ok, other=0.0)
     up = tl.load(x_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0)
-    dt = y_ptr.dtype.element_ty
-    g32 = gate.to(tl.float32)
-    act = (g32 * (1.0 / (1.0 + tl.exp(-g32)))).to(dt)
-    tl.store(y_ptr + m * F + f, (act.to(tl.float32) * up.to(tl.float32)).to(dt), mask=f_ok)
+    tl.store(y_ptr + m * F + f, swiglu_rounded(gate, up).to(y_ptr.dtype.element_ty), mask=f_ok)
 
 
 @triton.jit
@@ -47,7 +45,7 @@ def swiglu_bwd_kernel(gu_ptr, dh_ptr, dgu_ptr, F, BLOCK_F: tl.constexpr):
     g = tl.load(gu_ptr + m * 2 * F + f, mask=f_ok, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0).to(tl.float32)
     dh = tl.load(dh_ptr + m * F + f, mask=f_ok, other=0.0).to(tl.float32)
-    s = 1.0 / (1.0 + tl.exp(-g))
+    s = tl.sigmoid(g)
     dg = dh * u * (s * (1.0 + g * (1.0 - s)))
     du = dh * (g * s)
     dt = dgu_ptr.dtype.element_ty
