@@ -1,11 +1,11 @@
-"""Launches the forward kernels on torch tensors: compiled on CUDA/ROCm, the same source in Triton's interpreter
-on CPU tensors (no TRITON_INTERPRET needed), recorded on meta tensors for ahead-of-time lowering (..lower).
-Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F = N/2."""
+"""Launches the forward kernels on torch tensors: compiled on CUDA/ROCm, interpreted on CPU tensors, recorded on
+meta tensors for lowering (..lower). Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, F = N/2."""
 
 from __future__ import annotations
 
 import functools
 import threading
+from unittest import mock
 
 import numpy as np
 import torch
@@ -39,15 +39,12 @@ def _patch_lang_tensor(tensor, scope, patch=interpreter._patch_lang_tensor):
 
 
 def interpret(fn, grid, *args, **kwargs):
-    """Runs a kernel in the interpreter; the @triton.jit helpers it calls (tl.sum, ...) are interpreted too,
-    as TRITON_INTERPRET=1 would do for the whole process, and Triton is restored after."""
-    with _LOCK, np.errstate(over="ignore", invalid="ignore"):   # exp overflowing to inf is IEEE, not news
-        saved = JITFunction.__call__, interpreter._patch_lang_tensor
-        JITFunction.__call__, interpreter._patch_lang_tensor = _call_interpreted, _patch_lang_tensor
-        try:
-            return _interpreted(fn)[grid](*args, **kwargs)
-        finally:
-            JITFunction.__call__, interpreter._patch_lang_tensor = saved
+    """Runs a kernel and the @triton.jit helpers it calls in the interpreter, as TRITON_INTERPRET=1 would for the
+    whole process; exp overflowing to inf is IEEE, not news."""
+    with (_LOCK, np.errstate(over="ignore", invalid="ignore"),
+          mock.patch.object(JITFunction, "__call__", _call_interpreted),
+          mock.patch.object(interpreter, "_patch_lang_tensor", _patch_lang_tensor)):
+        return _interpreted(fn)[grid](*args, **kwargs)
 
 
 def run(name: str, grid: tuple, *args, **kwargs):
@@ -67,8 +64,8 @@ def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:
     return t.is_cuda and not torch.version.hip and torch.cuda.get_device_capability(t.device)[0] >= min_major
 
 
-def pow2(n: int) -> int:
-    return max(2, triton.next_power_of_2(max(int(n), 1)))
+def pow2(n: int, cap: int = 1 << 20) -> int:
+    return min(cap, max(2, triton.next_power_of_2(max(int(n), 1))))
 
 
 def dot_precision(t: torch.Tensor) -> str:
@@ -89,7 +86,7 @@ def router(x, weight, bias, score_bias, *, top_k, scoring, num_groups, top_group
             float(scaling), E=E, TOP_K=top_k, SCORING=scoring, NUM_GROUPS=num_groups,
             TOP_GROUPS=top_groups, GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize,
             HAS_BIAS=bias is not None, HAS_SCORE_BIAS=score_bias is not None, BLOCK_E=pow2(E),
-            BLOCK_H=min(pow2(H), 128), BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))
+            BLOCK_H=pow2(H, 128), BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))
     return weights_TK.reshape(*lead, top_k), idx_TK.reshape(*lead, top_k), logits_TE.reshape(*lead, E)
 
 
@@ -101,9 +98,8 @@ def dispatch(x, indices, *, num_experts):
     run("dispatch_kernel", (1,), idx_R, order_R, offsets, R, E=num_experts, BLOCK_E=pow2(num_experts), BLOCK_R=64)
     rows_RH = x.new_empty(R, H)
     if R and H:
-        block = min(pow2(H), 256)
-        run("gather_kernel", (R, triton.cdiv(H, block)), x.reshape(-1, H).contiguous(), order_R, rows_RH, H,
-            TOP_K=top_k, BLOCK_H=block)
+        run("gather_kernel", (R, triton.cdiv(H, 256)), x.reshape(-1, H).contiguous(), order_R, rows_RH, H,
+            TOP_K=top_k, BLOCK_H=pow2(H, 256))
     return rows_RH, offsets, order_R
 
 
@@ -176,8 +172,7 @@ def swiglu(x):
     x_M2F = x.reshape(-1, 2 * F).contiguous()
     y = x.new_empty(x_M2F.shape[0], F)
     if y.numel():
-        block = min(pow2(F), 256)
-        run("swiglu_kernel", (x_M2F.shape[0], triton.cdiv(F, block)), x_M2F, y, F, BLOCK_F=block)
+        run("swiglu_kernel", (x_M2F.shape[0], triton.cdiv(F, 256)), x_M2F, y, F, BLOCK_F=pow2(F, 256))
     return y.reshape(*x.shape[:-1], F)
 
 
@@ -189,7 +184,6 @@ def combine(y_RH, order_R, weights):
     if R and H:
         inverse_R = order_R.new_empty(R)    # inverse[order[r]] = r
         run("inverse_kernel", (triton.cdiv(R, 256),), order_R.contiguous(), inverse_R, R, BLOCK_R=256)
-        block = min(pow2(H), 256)
-        run("combine_kernel", (out.shape[0], triton.cdiv(H, block)), y_RH.contiguous(), inverse_R,
-            weights.reshape(-1).contiguous(), out, H, TOP_K=top_k, BLOCK_H=block)
+        run("combine_kernel", (out.shape[0], triton.cdiv(H, 256)), y_RH.contiguous(), inverse_R,
+            weights.reshape(-1).contiguous(), out, H, TOP_K=top_k, BLOCK_H=pow2(H, 256))
     return out.reshape(*weights.shape[:-1], H)
