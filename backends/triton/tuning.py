@@ -1,8 +1,7 @@
-"""Tile configs of the grouped GEMM, keyed by device arch, launched variant ("plain", "swiglu",
-"swiglu+gather": a fused epilogue holds two weight tiles, so it is sized and tuned on its own), dtype, N, K
-and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds). Lookup: autotuned
-results (cache_dir/tuned.json), else the shipped table tuned/defaults.json (per arch family and bucket)
-shrunk, fewer stages then narrower N tiles, to fit the device's shared memory and registers, with a note."""
+"""Tile configs of the grouped GEMM, keyed by arch, variant (a fused SwiGLU holds two weight tiles, so it is
+tuned on its own), dtype, N, K and rows per expert (decode puts a row or two on each expert, prefill hundreds).
+Autotuned results (cache_dir/tuned.json) come first, else the shipped tuned/defaults.json per arch family,
+shrunk to fit the device's shared memory and registers, with a note."""
 
 from __future__ import annotations
 
@@ -53,14 +52,9 @@ def limits_for(arch: str, torch_device: str | None = None) -> Limits:
     return Limits(shared, 512, 64) if arch.startswith("gfx9") else Limits(shared)
 
 
-def variant(swiglu: bool, gather: bool = False) -> str:
-    return ("swiglu" if swiglu else "plain") + ("+gather" if gather else "")
-
-
 def shared_bytes(cfg: GemmConfig, variant: str, elem: int) -> int:
     """Each pipeline stage holds an M x K input tile and one (swiglu: two) N x K weight tiles."""
-    weights = 2 if variant.startswith("swiglu") else 1
-    return cfg.num_stages * (cfg.block_m * cfg.block_k + weights * cfg.block_n * cfg.block_k) * elem
+    return cfg.num_stages * (cfg.block_m + (1 + variant.startswith("swiglu")) * cfg.block_n) * cfg.block_k * elem
 
 
 def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
@@ -94,9 +88,9 @@ class TuningCache:
         """The config and, when it is not a tuned result, a note naming the default used."""
         if arch == "cpu":
             return CPU_CONFIG, None
-        hit = self.entries.get(self.key(arch, variant, dtype, n, k, rows_per_expert))
+        key = self.key(arch, variant, dtype, n, k, rows_per_expert)
         try:
-            return GemmConfig(**hit), None
+            return GemmConfig(**self.entries.get(key)), None
         except TypeError:             # no entry, or a malformed one: the default below
             pass
         tables = default_tables()
@@ -106,8 +100,7 @@ class TuningCache:
         while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
             fewer = {"num_stages": cfg.num_stages - 1} if cfg.num_stages > 2 else {"block_n": cfg.block_n // 2}
             cfg = replace(cfg, **fewer)
-        return cfg, (f"untuned default tile config {asdict(cfg)} for {arch}/{variant}/{dtype}/n{n}/k{k}/"
-                     f"m{bucket(rows_per_expert)}: run autotune() on this device to tune it")
+        return cfg, f"untuned default tile config {asdict(cfg)} for {key}: run autotune() on this device to tune it"
 
     def put(self, arch, variant, dtype, n, k, rows_per_expert, cfg: GemmConfig):
         self.entries[self.key(arch, variant, dtype, n, k, rows_per_expert)] = asdict(cfg)
