@@ -1,8 +1,6 @@
-"""Ahead-of-time lowering for a named GPU target on any machine: PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD),
-intermediate stages on request, and manifest.json, for every kernel instance the executable launches when run
-on meta tensors (so what is lowered is what runs; with options.backward the op-by-op "training" forward and
-the "backward" kernels too). Compiled kernels live in the backends' trusted artifact store (cache_dir/lower/),
-keyed by kernel source, instance, target and Triton version, and verified against their digests on load."""
+"""Ahead-of-time lowering for a named GPU target on any machine: PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD) and
+manifest.json for every kernel instance the executable launches on meta tensors, so what is lowered is what runs
+(options.backward adds the training pass). Compiled kernels are kept in the backends' artifact store."""
 
 from __future__ import annotations
 
@@ -25,11 +23,12 @@ from .tuning import TuningCache
 
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
+TILES = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "BLOCK_K": "block_k"}     # the GEMM tile constexprs
 
 
 class Recorder:
-    """Takes the launches the executable makes on meta tensors (see launch.run): one instance per distinct
-    kernel, signature, constexprs and options, with the graph nodes it serves and the pass it belongs to."""
+    """Takes the launches made on meta tensors: one instance per distinct kernel, signature, constexprs and
+    options, with the graph nodes it serves and the pass it belongs to."""
 
     def __init__(self, target: str):
         self.target, self.phase, self.nodes, self.launches = target, "forward", [], {}
@@ -38,7 +37,8 @@ class Recorder:
         params = [p.name for p in getattr(kernels, name).params if not p.is_constexpr]
         inst = {"kernel": name, "signature": {**{p: mangle_type(a) for p, a in zip(params, args)},
                                               **{k: "constexpr" for k in constexprs}},
-                "constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages, "pass": self.phase}
+                "constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages, "pass": self.phase,
+                "tile_config": {TILES[k]: v for k, v in constexprs.items() if k in TILES} or None}
         found = self.launches.setdefault(json.dumps(inst, sort_keys=True), {**inst, "nodes": []})
         found["nodes"] += [n for n in self.nodes if n not in found["nodes"]]
 
@@ -69,9 +69,7 @@ def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
             torch.autograd.backward([t.float().sum() for t in outs])
     finally:
         launch.recorder = None
-    return [{**inst, "tile_config": {k.removeprefix("BLOCK_").lower(): v for k, v in inst["constexprs"].items()
-                                     if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} or None}
-            for inst in recorder.launches.values()]
+    return list(recorder.launches.values())
 
 
 def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Path) -> dict:
