@@ -75,11 +75,10 @@ class TritonBackend(Backend):
 
     def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
         from .executable import TritonExecutable
-        from .tuning import TuningCache
 
         self.require_supported(graph, device)
         check_shapes(graph)
-        return TritonExecutable(graph, device, TuningCache(TritonOptions.of(options).cache_path()))
+        return TritonExecutable(graph, device, TritonOptions.of(options))
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
         self.check_target(target)
@@ -95,6 +94,3 @@ class TritonBackend(Backend):
             not_lowered.append({"node": node.name, "op": node.op, "reason": reason})
         check_shapes(graph)
         return lower_graph(graph, target, device, Path(out_dir), TritonOptions.of(options), not_lowered)
-
-
-__all__ = ["TritonBackend", "TritonOptions"]

@@ -26,9 +26,10 @@ def check_offsets(bounds: list[int], rows: int, experts: int, node: Node):
 class TritonExecutable(Executable):
     differentiable = True        # every op it runs has a Triton backward
 
-    def __init__(self, graph: Graph, device: Device, cache: TuningCache):
+    def __init__(self, graph: Graph, device: Device, options):
         super().__init__(graph, device)
-        self.cache, self.fused, self.chains = cache, swiglu_epilogues(graph), moe_chains(graph)
+        self.cache = TuningCache(options.cache_path())
+        self.fused, self.chains = swiglu_epilogues(graph), moe_chains(graph)
         self.outside = {v.name for v in (*graph.inputs, *graph.params)}
         self.limits = None if device.kind == "cpu" else limits_for(device.arch, device.torch_device)
         self.notes: list[str] = []

@@ -19,7 +19,6 @@ from ..cache import Store, make_key
 from ..devices import Device
 from . import OPS, kernels, launch
 from .executable import TritonExecutable
-from .tuning import TuningCache
 
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
@@ -56,7 +55,7 @@ def meta_env(graph: Graph, tokens: int, grads: bool) -> dict:
 
 def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
     """Every kernel instance the executable launches on the target for options.tokens tokens."""
-    exe, tokens = TritonExecutable(graph, device, TuningCache(options.cache_path())), options.tokens
+    exe, tokens = TritonExecutable(graph, device, options), options.tokens
     recorder = launch.recorder = Recorder(target)
     try:
         exe.execute(meta_env(graph, tokens, False), grads=False)

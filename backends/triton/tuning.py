@@ -9,7 +9,9 @@ import functools
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
 import triton
+from triton.testing import do_bench
 
 from ..cache import read_json, warn, write_json
 
@@ -44,8 +46,6 @@ SHARED_MEMORY = {"sm_90": 232448, "sm_10": 232448, "sm_80": 166912, "sm_86": 101
 
 
 def limits_for(arch: str, torch_device: str | None = None) -> Limits:
-    import torch
-
     shared = next((v for k, v in SHARED_MEMORY.items() if arch.startswith(k)), 49152)
     if torch_device and torch_device.startswith("cuda") and torch.cuda.is_available():
         shared = getattr(torch.cuda.get_device_properties(torch_device), "shared_memory_per_block_optin", 0) or shared
@@ -115,11 +115,7 @@ def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k:
              limits: Limits, elem: int = 2, timer=None) -> GemmConfig | None:
     """Times run(cfg) (the very launch that will run) for each candidate that fits the device and stores the
     fastest that ran; None, and nothing stored, when none ran."""
-    if timer is None:
-        from triton.testing import do_bench
-
-        timer = functools.partial(do_bench, warmup=5, rep=20)
-    timings = {}
+    timer, timings = timer or functools.partial(do_bench, warmup=5, rep=20), {}
     for cfg in (c for c in CANDIDATES if fits(c, variant, elem, limits)):
         try:
             timings[cfg] = timer(lambda c=cfg: run(c))
