@@ -1,7 +1,6 @@
-"""The Triton backend: the MoE hot path (router, dispatch, grouped GEMMs, SwiGLU, combine) as one kernel source
-for every device: compiled on CUDA and ROCm, interpreted on the CPU (slow). Dense ops run on other backends.
-Rooms: executable.py (run-time planning), launch.py and autograd.py (launches, forward and backward), kernels/,
-tuning.py (tile configs, autotune), lower.py (ahead of time: PTX/cubin, AMDGCN/hsaco and manifest.json)."""
+"""The Triton backend: the MoE ops as one kernel source for every device, compiled on CUDA and ROCm, interpreted
+on the CPU (slow); dense ops run on other backends. Rooms: executable (run-time planning), launch and autograd
+(launches, forward and backward), kernels, tuning, lower (ahead of time)."""
 
 from __future__ import annotations
 

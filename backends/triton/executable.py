@@ -1,6 +1,5 @@
-"""Runs a graph with the Triton kernels (the run-time planning): a MoE chain (ir.rewrites) fused in inference,
-each node through its autograd Function when gradients are wanted (gate_up and its SwiGLU still fused).
-Nothing waits on the device: offsets are checked only when they come from outside the graph."""
+"""Runs a graph with the Triton kernels: a MoE chain fused in inference, each node through its autograd Function
+when gradients are wanted. Offsets are checked (a host sync) only when they come from outside the graph."""
 
 from __future__ import annotations
 
@@ -74,8 +73,7 @@ class TritonExecutable(Executable):
         return [env[o] for o in self.graph.outputs]
 
     def execute(self, env: dict, grads: bool):
-        """Runs the MoE nodes in order, each node's outputs into env (lowering runs a whole model's graph with
-        every value in env as a meta tensor, so the dense nodes are skipped)."""
+        """Runs the MoE nodes into env (dense ones are skipped: lowering runs whole models on meta tensors)."""
         done = set()
         for node in self.graph.nodes:
             if node.op not in OPS or node.name in done:

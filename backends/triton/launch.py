@@ -39,9 +39,8 @@ def _patch_lang_tensor(tensor, scope, patch=interpreter._patch_lang_tensor):
 
 
 def interpret(fn, grid, *args, **kwargs):
-    """Runs a kernel and the @triton.jit helpers it calls in the interpreter, as TRITON_INTERPRET=1 would for the
-    whole process; exp overflowing to inf is IEEE, not news."""
-    with (_LOCK, np.errstate(over="ignore", invalid="ignore"),
+    """Interprets a kernel and its @triton.jit helpers, as TRITON_INTERPRET=1 would for the whole process."""
+    with (_LOCK, np.errstate(over="ignore", invalid="ignore"),      # exp overflowing to inf is IEEE, not news
           mock.patch.object(JITFunction, "__call__", _call_interpreted),
           mock.patch.object(interpreter, "_patch_lang_tensor", _patch_lang_tensor)):
         return _interpreted(fn)[grid](*args, **kwargs)
@@ -104,8 +103,7 @@ def dispatch(x, indices, *, num_experts):
 
 
 def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
-    """Weights through a tensor descriptor: on NVIDIA sm_90+ (TMA) and in the interpreter (so the CPU tests
-    cover that path), when the rows are 16-byte aligned as TMA requires."""
+    """TMA weights on NVIDIA sm_90+ and in the interpreter (so CPU tests cover it), when 16-byte aligned."""
     aligned = w.numel() > 0 and w.is_contiguous() and (w.shape[-1] * w.element_size()) % 16 == 0 and \
         w.data_ptr() % 16 == 0 and cfg.block_k * w.element_size() >= 16
     return aligned and (w.device.type == "cpu" or compiled_for_nvidia(w, 9))
@@ -153,8 +151,7 @@ def grouped_matmul(x_RK, weight_ENK, offsets, cfg: GemmConfig, *, swiglu=False):
 
 
 def moe_ffn(x, indices, weights, gate_up_ENK, down_ENK, cfg_gate_up: GemmConfig, cfg_down: GemmConfig):
-    """dispatch -> grouped gate_up + SwiGLU -> grouped down -> combine, fused: the gate_up GEMM gathers each
-    pair's token row, the down GEMM multiplies by the routing weight, so combine is a sum over k."""
+    """dispatch -> gate_up + SwiGLU -> down -> combine in two GEMMs that gather rows and apply routing weights."""
     top_k, H = indices.shape[-1], x.shape[-1]
     experts_R = indices.reshape(-1).contiguous()
     R, E, F = experts_R.numel(), gate_up_ENK.shape[0], gate_up_ENK.shape[1] // 2

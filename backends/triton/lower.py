@@ -1,6 +1,5 @@
-"""Ahead-of-time lowering for a named GPU target on any machine: PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD) and
-manifest.json for every kernel instance the executable launches on meta tensors, so what is lowered is what runs
-(options.backward adds the training pass). Compiled kernels are kept in the backends' artifact store."""
+"""Ahead-of-time lowering on any machine: PTX + cubin or AMDGCN + hsaco and manifest.json for every kernel instance
+the executable launches on meta tensors, so what is lowered is what runs (options.backward: training too)."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ TILES = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "BLOCK_K": "block_k"}     #
 
 
 class Recorder:
-    """Takes the launches made on meta tensors: one instance per distinct kernel, signature, constexprs and
-    options, with the graph nodes it serves and the pass it belongs to."""
+    """Takes the launches made on meta tensors: one instance per distinct launch, with its nodes and pass."""
 
     def __init__(self, target: str):
         self.target, self.phase, self.nodes, self.launches = target, "forward", [], {}

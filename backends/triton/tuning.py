@@ -1,7 +1,5 @@
-"""Tile configs of the grouped GEMM, keyed by arch, variant (a fused SwiGLU holds two weight tiles, so it is
-tuned on its own), dtype, N, K and rows per expert (decode puts a row or two on each expert, prefill hundreds).
-Autotuned results (cache_dir/tuned.json) come first, else the shipped tuned/defaults.json per arch family,
-shrunk to fit the device's shared memory and registers, with a note."""
+"""Tile configs of the grouped GEMM by arch, variant (a fused SwiGLU holds two weight tiles), dtype, N, K and rows
+per expert: autotuned (cache_dir/tuned.json), else tuned/defaults.json shrunk to fit the device, with a note."""
 
 from __future__ import annotations
 
@@ -113,8 +111,7 @@ class TuningCache:
 
 def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int, run,
              limits: Limits, elem: int = 2, timer=None) -> GemmConfig | None:
-    """Times run(cfg) (the very launch that will run) for each candidate that fits the device and stores the
-    fastest that ran; None, and nothing stored, when none ran."""
+    """Times run(cfg), the launch itself, for each candidate that fits and stores the fastest; None if none ran."""
     timer, timings = timer or functools.partial(do_bench, warmup=5, rep=20), {}
     for cfg in (c for c in CANDIDATES if fits(c, variant, elem, limits)):
         try:

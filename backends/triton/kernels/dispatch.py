@@ -1,6 +1,5 @@
-"""Dispatch kernels. Legend: K top-k, R = T*K (token, k) pairs, E experts, H hidden. dispatch_kernel sorts the
-pairs by expert, stably; bucket_kernel and align_kernel lay rows out for the MoE GEMM (..launch.moe_align) in
-an arbitrary order within each expert (atomics), which results do not depend on."""
+"""Dispatch kernels (K top-k, R = T*K pairs, E experts, H hidden): dispatch_kernel sorts pairs by expert stably;
+bucket_kernel places rows for the MoE GEMM in any order within an expert (atomics; results do not depend on it)."""
 
 import triton
 import triton.language as tl

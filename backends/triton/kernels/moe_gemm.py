@@ -1,8 +1,6 @@
-"""The MoE grouped GEMM (vLLM-style fused MoE): y[r] = a[r // A_DIV] @ w[e]^T, fp32 accumulation, one expert per
-M-block (..launch.moe_align's slots); A_DIV = top_k reads each pair's token row straight from x. Epilogues: SWIGLU
-(w[e] = [Wg; Wu]) and SCALE (row r times scale[r], so combine becomes a sum). W_TMA loads weights through a tensor
-descriptor (TMA on sm_90+). GROUP_M M-blocks run together so their input rows stay in L2 across the N tiles.
-grouped_gemm_dw_kernel: dw[e] = dy[seg e]^T @ x[seg e] for the backward; zeros for an expert with no rows."""
+"""The MoE grouped GEMM (vLLM-style): y[r] = a[r // A_DIV] @ w[e]^T, one expert per M-block (..launch.moe_align);
+A_DIV = top_k reads token rows straight from x, SWIGLU and SCALE (the routing weight) are epilogues, W_TMA loads
+weights by TMA, GROUP_M M-blocks run together so their rows stay in L2. Backward: dw[e] = dy[seg e]^T @ x[seg e]."""
 
 import triton
 import triton.language as tl

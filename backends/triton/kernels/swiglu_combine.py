@@ -1,6 +1,4 @@
-"""SwiGLU and combine kernels, forward and backward; sums in float32. Legend: T tokens, K top-k, R = T*K rows,
-H hidden, F half width. The backward of combine: for row r holding pair p = order[r], dy[r] = w[p] * dout[p // K]
-and dw[p] = <y[r], dout[p // K]>."""
+"""SwiGLU and combine kernels, forward and backward; sums in float32. Legend: K top-k, H hidden, F half width."""
 
 import triton
 import triton.language as tl
