@@ -11,16 +11,14 @@ import numpy as np
 import torch
 import triton
 from triton.runtime import interpreter
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from . import kernels
+from .kernels import BY_NAME
 from .tuning import GemmConfig
 
 recorder = None     # while lowering: the ..lower.Recorder that takes launches on meta tensors
 _LOCK = threading.Lock()
-_interpreted = functools.cache(InterpretedFunction)
+_interpreted = functools.cache(interpreter.InterpretedFunction)
 
 
 def _call_interpreted(self, *args, **kwargs):
@@ -41,19 +39,19 @@ def _patch_lang_tensor(tensor, scope, patch=interpreter._patch_lang_tensor):
 def interpret(fn, grid, *args, **kwargs):
     """Interprets a kernel and its @triton.jit helpers, as TRITON_INTERPRET=1 would for the whole process."""
     with (_LOCK, np.errstate(over="ignore", invalid="ignore"),      # exp overflowing to inf is IEEE, not news
-          mock.patch.object(JITFunction, "__call__", _call_interpreted),
+          mock.patch.object(triton.JITFunction, "__call__", _call_interpreted),
           mock.patch.object(interpreter, "_patch_lang_tensor", _patch_lang_tensor)):
         return _interpreted(fn)[grid](*args, **kwargs)
 
 
 def run(name: str, grid: tuple, *args, **kwargs):
-    """Launches kernels.<name> on the device of its first argument."""
+    """Launches the kernel of that name on the device of its first argument."""
     device = args[0].device.type
     if device == "meta":
         return recorder.record(name, *args, **kwargs)
     if device == "cpu":
-        return interpret(getattr(kernels, name).fn, grid, *args, **kwargs)
-    return getattr(kernels, name)[grid](*args, **kwargs)
+        return interpret(BY_NAME[name].fn, grid, *args, **kwargs)
+    return BY_NAME[name][grid](*args, **kwargs)
 
 
 def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:

@@ -16,8 +16,9 @@ from ...ir import Graph
 from ..base import BackendError, write_manifest
 from ..cache import Store, make_key
 from ..devices import Device
-from . import OPS, kernels, launch
+from . import OPS, launch
 from .executable import TritonExecutable
+from .kernels import BY_NAME
 
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
@@ -31,7 +32,7 @@ class Recorder:
         self.target, self.phase, self.nodes, self.launches = target, "forward", [], {}
 
     def record(self, name: str, *args, num_warps=4, num_stages=3, **constexprs):
-        params = [p.name for p in getattr(kernels, name).params if not p.is_constexpr]
+        params = [p.name for p in BY_NAME[name].params if not p.is_constexpr]
         inst = {"kernel": name, "signature": {**{p: mangle_type(a) for p, a in zip(params, args)},
                                               **{k: "constexpr" for k in constexprs}},
                 "constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages, "pass": self.phase,
@@ -74,7 +75,7 @@ def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Pa
     vendor, arch = target.split(":")
     gpu = GPUTarget("cuda", int(arch.removeprefix("sm_")), 32) if vendor == "cuda" else \
         GPUTarget("hip", arch, 32 if arch.startswith("gfx11") else 64)
-    src = ASTSource(fn=getattr(kernels, inst["kernel"]), signature=inst["signature"], constexprs=inst["constexprs"])
+    src = ASTSource(fn=BY_NAME[inst["kernel"]], signature=inst["signature"], constexprs=inst["constexprs"])
     try:
         compiled = triton.compile(src, target=gpu, options={"num_warps": inst["num_warps"],
                                                             "num_stages": inst["num_stages"], "enable_fp_fusion": True})
@@ -93,7 +94,7 @@ def lower_graph(graph: Graph, target: str, device: Device, out_dir: Path, option
     stages = (*options.stages, *binary)
     entries = []
     for i, inst in enumerate(instances(graph, target, device, options)):
-        key = make_key(source=getattr(kernels, inst["kernel"]).cache_key,   # its source and the @jit helpers it calls
+        key = make_key(source=BY_NAME[inst["kernel"]].cache_key,   # its source and the @jit helpers it calls
                        instance={k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
                        target=target, stages=sorted(options.stages), triton=triton.__version__)
         entry = store.fetch(key, lambda folder, inst=inst: compile_instance(inst, target, stages, folder))

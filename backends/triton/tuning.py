@@ -13,8 +13,6 @@ from triton.testing import do_bench
 
 from ..cache import read_json, warn, write_json
 
-BUCKETS = (16, 32, 64, 128, 256)
-
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -62,7 +60,7 @@ def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
 
 
 def bucket(rows_per_expert: int) -> str:
-    return next((str(b) for b in BUCKETS if rows_per_expert <= b), "large")
+    return next((str(b) for b in (16, 32, 64, 128, 256) if rows_per_expert <= b), "large")
 
 
 @functools.cache
