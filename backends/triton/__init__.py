@@ -28,8 +28,7 @@ class TritonOptions(BackendOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        bad = [s for s in self.stages if s not in STAGES]
-        if bad:
+        if bad := [s for s in self.stages if s not in STAGES]:
             raise BackendError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
         object.__setattr__(self, "stages", tuple(self.stages))
 
@@ -38,9 +37,6 @@ class TritonOptions(BackendOptions):
         """options as TritonOptions: plain BackendOptions keep every shared field."""
         return options if isinstance(options, cls) else cls(**{f.name: getattr(options, f.name)
                                                                 for f in fields(BackendOptions)})
-
-    def cache_path(self) -> Path:
-        return self.cache_root("triton")
 
 
 def check_shapes(graph: Graph):

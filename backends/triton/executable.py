@@ -27,7 +27,7 @@ class TritonExecutable(Executable):
 
     def __init__(self, graph: Graph, device: Device, options):
         super().__init__(graph, device)
-        self.cache = TuningCache(options.cache_path())
+        self.cache = TuningCache(options.cache_root("triton"))
         self.fused, self.chains = swiglu_epilogues(graph), moe_chains(graph)
         self.outside = {v.name for v in (*graph.inputs, *graph.params)}
         self.limits = None if device.kind == "cpu" else limits_for(device.arch, device.torch_device)

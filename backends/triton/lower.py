@@ -89,7 +89,7 @@ def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Pa
 
 def lower_graph(graph: Graph, target: str, device: Device, out_dir: Path, options, not_lowered: list) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    store, instr = Store(options.cache_path() / "lower", "triton"), MATRIX_INSTRUCTIONS[target.split(":")[1]]
+    store, instr = Store(options.cache_root("triton") / "lower", "triton"), MATRIX_INSTRUCTIONS[target.split(":")[1]]
     binary = ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
     stages = (*options.stages, *binary)
     entries = []

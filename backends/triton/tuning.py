@@ -23,6 +23,7 @@ class GemmConfig:
     num_stages: int = 3
 
 
+DEFAULTS = read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
 CPU_CONFIG = GemmConfig(16, 16, 16, 1, 1)   # the interpreter: small tiles keep numpy work low
 CANDIDATES = tuple(GemmConfig(*c) for c in (
     (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
@@ -48,24 +49,17 @@ def limits_for(arch: str, torch_device: str | None = None) -> Limits:
     return Limits(shared, 512, 64) if arch.startswith("gfx9") else Limits(shared)
 
 
-def shared_bytes(cfg: GemmConfig, variant: str, elem: int) -> int:
-    """Each pipeline stage holds an M x K input tile and one (swiglu: two) N x K weight tiles."""
-    return cfg.num_stages * (cfg.block_m + (1 + variant.startswith("swiglu")) * cfg.block_n) * cfg.block_k * elem
-
-
 def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
-    """Shared memory, and the fp32 accumulators (two with swiglu) within 3/4 of each thread's registers."""
-    per_thread = cfg.block_m * cfg.block_n * (1 + variant.startswith("swiglu")) / (limits.warp_size * cfg.num_warps)
-    return shared_bytes(cfg, variant, elem) <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
+    """Each pipeline stage's M x K input tile and N x K weight tiles (two with swiglu) in shared memory, and the
+    fp32 accumulators (as many) within 3/4 of each thread's registers."""
+    tiles = 1 + variant.startswith("swiglu")
+    shared = cfg.num_stages * (cfg.block_m + tiles * cfg.block_n) * cfg.block_k * elem
+    per_thread = tiles * cfg.block_m * cfg.block_n / (limits.warp_size * cfg.num_warps)
+    return shared <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
 
 
 def bucket(rows_per_expert: int) -> str:
     return next((str(b) for b in (16, 32, 64, 128, 256) if rows_per_expert <= b), "large")
-
-
-@functools.cache
-def default_tables() -> dict:
-    return read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
 
 
 class TuningCache:
@@ -89,8 +83,7 @@ class TuningCache:
             return GemmConfig(**self.entries.get(key)), None
         except TypeError:             # no entry, or a malformed one: the default below
             pass
-        tables = default_tables()
-        family = next((tables[f] for f in (arch, arch[:5], arch[:4]) if f in tables), tables["generic"])
+        family = next((DEFAULTS[f] for f in (arch, arch[:5], arch[:4]) if f in DEFAULTS), DEFAULTS["generic"])
         table = family.get(dtype, family["any"])
         cfg, limits = GemmConfig(**table.get(bucket(rows_per_expert), table["large"])), limits or limits_for(arch)
         while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
