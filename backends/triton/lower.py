@@ -62,8 +62,7 @@ def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
             recorder.phase, env = "training", meta_env(graph, tokens, True)
             exe.execute(env, grads=True)
             outs = [env[v.name] for n in graph.nodes if n.op in OPS for v in n.outputs if env[v.name].grad_fn]
-            recorder.phase = "backward"
-            recorder.nodes = [n.name for n in graph.nodes if n.op in OPS]
+            recorder.phase, recorder.nodes = "backward", [n.name for n in graph.nodes if n.op in OPS]
             torch.autograd.backward([t.float().sum() for t in outs])
     finally:
         launch.recorder = None

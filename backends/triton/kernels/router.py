@@ -35,14 +35,13 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
     tl.store(logits_ptr + t * E + e, logits_E, mask=e_ok)
 
     neg_inf = float("-inf")
+    scores_E = logits_E
     if SCORING == "softmax":
         z = tl.where(e_ok, logits_E, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         scores_E = p / tl.sum(p, axis=0)
     elif SCORING == "sigmoid":
         scores_E = tl.sigmoid(logits_E)
-    else:
-        scores_E = logits_E
     sel_E = scores_E
     if HAS_SCORE_BIAS:
         sel_E += tl.load(score_bias_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
