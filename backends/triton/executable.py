@@ -7,19 +7,14 @@ from collections.abc import Mapping
 
 import torch
 
-from ...ir import Graph, IRError, Node
+from ...ir import Graph, Node
+from ...ir.meanings import check_offsets
 from ...ir.rewrites import moe_chains, swiglu_epilogues
 from ..base import Executable
 from ..devices import Device
 from . import OPS, launch
 from . import autograd as fn
 from .tuning import TuningCache, limits_for
-
-
-def check_offsets(bounds: list[int], rows: int, experts: int, node: Node):
-    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or bounds != sorted(bounds):
-        raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {rows} rows over {experts} "
-                      "experts", node.name, node.op)
 
 
 class TritonExecutable(Executable):
@@ -58,7 +53,7 @@ class TritonExecutable(Executable):
         elif node.op == "grouped_matmul":
             x, w, offsets = args
             if node.inputs[2] in self.outside and offsets.device.type != "meta":
-                check_offsets(offsets.tolist(), x.shape[0], w.shape[0], node)
+                check_offsets(offsets.tolist(), x.shape[0], w.shape[0], node.name)
             act = self.fused.get(node.name)
             cfg = self.gemm_config(x, w, "swiglu" if act else "plain", x.shape[0])
             out = fn.GroupedMatmulFn.apply(x, w, offsets, cfg, act is not None)
