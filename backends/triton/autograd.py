@@ -75,8 +75,7 @@ class CombineFn(torch.autograd.Function):
     def backward(ctx, dout):
         y_RH, order_R, weights = ctx.saved_tensors
         H = y_RH.shape[-1]
-        dy_RH = torch.zeros(y_RH.shape, dtype=y_RH.dtype, device=y_RH.device)   # zeros_like keeps odd strides
-        dw = torch.zeros(weights.numel(), dtype=weights.dtype, device=weights.device)
+        dy_RH, dw = y_RH.new_zeros(y_RH.shape), weights.new_zeros(weights.numel())
         if order_R.numel() and H:
             run("combine_bwd_kernel", (order_R.numel(),), y_RH.contiguous(), order_R.contiguous(),
                 weights.reshape(-1).contiguous(), dout.reshape(-1, H).contiguous(), dy_RH, dw, H,

@@ -173,8 +173,7 @@ def swiglu(x):
 
 def combine(y_RH, order_R, weights):
     """out[t] = sum over k of weights[t, k] * y[the row of pair t*K + k]."""
-    top_k, H = weights.shape[-1], y_RH.shape[-1]
-    R = order_R.numel()
+    top_k, H, R = weights.shape[-1], y_RH.shape[-1], order_R.numel()
     out = y_RH.new_empty(R // top_k if top_k else 0, H)
     if R and H:
         inverse_R = order_R.new_empty(R)    # inverse[order[r]] = r

@@ -64,10 +64,8 @@ def grouped_gemm_dw_kernel(dy_ptr, x_ptr, dw_ptr, offsets_ptr, N, K, PRECISION: 
     expert = tl.program_id(0).to(tl.int64)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
-    n_ok = rn < N
-    k_ok = rk < K
-    lo = tl.load(offsets_ptr + expert)
-    hi = tl.load(offsets_ptr + expert + 1)
+    n_ok, k_ok = rn < N, rk < K
+    lo, hi = tl.load(offsets_ptr + expert), tl.load(offsets_ptr + expert + 1)
     acc = tl.full([BLOCK_N, BLOCK_K], 0, dtype=tl.float32)
     for m0 in range(lo, hi, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)

@@ -67,8 +67,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
 
     k = tl.arange(0, BLOCK_K)
     taken_E = e < 0
-    idx_K = tl.full([BLOCK_K], 0, dtype=tl.int64)
-    w_K = tl.full([BLOCK_K], 0, dtype=tl.float32)
+    idx_K, w_K = tl.full([BLOCK_K], 0, dtype=tl.int64), tl.full([BLOCK_K], 0, dtype=tl.float32)
     for ki in tl.static_range(TOP_K):
         pick = pick_next(sel_E, ~taken_E & e_ok, e, BLOCK_E)
         taken_E = taken_E | (e == pick)
