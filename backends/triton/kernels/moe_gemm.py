@@ -25,12 +25,8 @@ def moe_gemm_kernel(a_ptr, w, y_ptr, slots_ptr, block_expert_ptr, scale_ptr, ROW
                     A_DIV: tl.constexpr, SWIGLU: tl.constexpr, SCALE: tl.constexpr, W_TMA: tl.constexpr,
                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr):
-    num_n = tl.cdiv(N_OUT, BLOCK_N)
-    pid, num_m = tl.program_id(0), tl.num_programs(0) // num_n
-    first_m = pid // (GROUP_M * num_n) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    pid, num_n = tl.program_id(0), tl.cdiv(N_OUT, BLOCK_N)
+    pid_m, pid_n = tl.swizzle2d(pid // num_n, pid % num_n, tl.num_programs(0) // num_n, num_n, GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
         rows = tl.load(slots_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
