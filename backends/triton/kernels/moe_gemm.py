@@ -1,11 +1,10 @@
 """The MoE grouped GEMM (vLLM-style): y[r] = a[r // A_DIV] @ w[e]^T, one expert per M-block (..launch.moe_align);
 A_DIV = top_k reads token rows straight from x, SWIGLU and SCALE (the routing weight) are epilogues, W_TMA loads
-weights by TMA, GROUP_M M-blocks run together so their rows stay in L2. Backward: dw[e] = dy[seg e]^T @ x[seg e]."""
+weights by TMA, GROUP_M M-blocks run together so their rows stay in L2. Backward: dw[e] = dy[seg e]^T @ x[seg e].
+SwiGLU also runs alone (swiglu_kernel, swiglu_bwd_kernel) where it is not fused."""
 
 import triton
 import triton.language as tl
-
-from .swiglu_combine import swiglu_rounded
 
 
 @triton.jit
@@ -18,6 +17,13 @@ def weight_tile(w, row0, k0, K, n_ok, W_TMA: tl.constexpr, BLOCK_N: tl.constexpr
         rk = k0 + tl.arange(0, BLOCK_K)
         tile = tl.load(w + rn[None, :] * K + rk[:, None], mask=n_ok[None, :] & (rk < K)[:, None], other=0.0)
     return tile
+
+
+@triton.jit
+def swiglu_rounded(gate, up):
+    """silu(gate) * up in float32, silu rounded to gate's dtype as the reference's separate ops round."""
+    g = gate.to(tl.float32)
+    return (g * tl.sigmoid(g)).to(gate.dtype).to(tl.float32) * up.to(tl.float32)
 
 
 @triton.jit
@@ -71,3 +77,27 @@ def grouped_gemm_dw_kernel(dy_ptr, x_ptr, dw_ptr, offsets_ptr, N, K, PRECISION: 
         acc = tl.dot(tl.trans(dy), x, acc, input_precision=PRECISION)
     tl.store(dw_ptr + expert * N * K + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def swiglu_kernel(x_ptr, y_ptr, F, BLOCK_F: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_ok = f < F
+    gate = tl.load(x_ptr + m * 2 * F + f, mask=f_ok, other=0.0)
+    up = tl.load(x_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0)
+    tl.store(y_ptr + m * F + f, swiglu_rounded(gate, up).to(y_ptr.dtype.element_ty), mask=f_ok)
+
+
+@triton.jit
+def swiglu_bwd_kernel(gu_ptr, dh_ptr, dgu_ptr, F, BLOCK_F: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_ok = f < F
+    g = tl.load(gu_ptr + m * 2 * F + f, mask=f_ok, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0).to(tl.float32)
+    dh = tl.load(dh_ptr + m * F + f, mask=f_ok, other=0.0).to(tl.float32)
+    s = tl.sigmoid(g)
+    dt = dgu_ptr.dtype.element_ty
+    tl.store(dgu_ptr + m * 2 * F + f, (dh * u * (s * (1.0 + g * (1.0 - s)))).to(dt), mask=f_ok)     # silu'(g)
+    tl.store(dgu_ptr + m * 2 * F + F + f, (dh * (g * s)).to(dt), mask=f_ok)
