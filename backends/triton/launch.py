@@ -108,8 +108,7 @@ def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
 
 
 def moe_align(experts_R: torch.Tensor, num_experts: int, block_m: int):
-    """Slots for the MoE GEMM, on the device with no host sync: each expert's rows padded to block_m
-    (slots[s] = row, or R where padding), and the expert of each M-block (-1 past the last)."""
+    """Slots on the device, no host sync: each expert's rows padded to block_m (R pads), and each M-block's expert."""
     R = experts_R.numel()
     blocks = triton.cdiv(R, block_m) + min(num_experts, R)
     slots = experts_R.new_full((blocks * block_m,), R, dtype=torch.int32)

@@ -90,8 +90,7 @@ def lower_graph(graph: Graph, target: str, device: Device, out_dir: Path, option
     out_dir.mkdir(parents=True, exist_ok=True)
     store, instr = Store(options.cache_root("triton") / "lower", "triton"), MATRIX_INSTRUCTIONS[target.split(":")[1]]
     binary = ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
-    stages = (*options.stages, *binary)
-    entries = []
+    stages, entries = (*options.stages, *binary), []
     for i, inst in enumerate(instances(graph, target, device, options)):
         key = make_key(source=BY_NAME[inst["kernel"]].cache_key,   # its source and the @jit helpers it calls
                        instance={k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
