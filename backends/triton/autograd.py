@@ -88,7 +88,7 @@ class DispatchFn(torch.autograd.Function):
     def forward(ctx, x, indices, num_experts: int):
         rows_RH, offsets, order_R = launch.dispatch(x, indices, num_experts=num_experts)
         ctx.save_for_backward(order_R)
-        ctx.x_shape, ctx.top_k = x.shape, indices.shape[-1]
+        ctx.x_shape, ctx.indices_shape = x.shape, indices.shape
         ctx.mark_non_differentiable(offsets, order_R)
         return rows_RH, offsets, order_R
 
@@ -96,10 +96,9 @@ class DispatchFn(torch.autograd.Function):
     def backward(ctx, drows_RH, _offsets, _order):
         """dx[t] = the sum of the gradients of the rows copied from token t: combine with unit weights."""
         (order_R,) = ctx.saved_tensors
-        if not ctx.top_k:
+        if not ctx.indices_shape[-1]:
             return drows_RH.new_zeros(ctx.x_shape), None, None
-        ones = drows_RH.new_ones(order_R.numel() // ctx.top_k, ctx.top_k)
-        return launch.combine(drows_RH, order_R, ones).reshape(ctx.x_shape), None, None
+        return launch.combine(drows_RH, order_R, drows_RH.new_ones(ctx.indices_shape)), None, None
 
 
 class RouterFn(torch.autograd.Function):

@@ -109,8 +109,7 @@ def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k:
             timings[cfg] = timer(lambda c=cfg: run(c))
         except Exception as err:  # noqa: BLE001 - a config that fails to compile or launch is not a candidate
             print(f"autotune: {cfg} failed: {type(err).__name__}")
-    if not timings:
-        return None
-    best = min(timings, key=timings.get)
-    cache.put(arch, variant, dtype, n, k, rows_per_expert, best)
+    best = min(timings, key=timings.get, default=None)
+    if best:
+        cache.put(arch, variant, dtype, n, k, rows_per_expert, best)
     return best
