@@ -4,7 +4,7 @@ on the CPU (slow); dense ops run on other backends. Rooms: executable (run-time 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...ir import DType, Graph
@@ -31,12 +31,6 @@ class TritonOptions(BackendOptions):
         if bad := [s for s in self.stages if s not in STAGES]:
             raise BackendError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
         object.__setattr__(self, "stages", tuple(self.stages))
-
-    @classmethod
-    def of(cls, options: BackendOptions) -> TritonOptions:
-        """options as TritonOptions: plain BackendOptions keep every shared field."""
-        return options if isinstance(options, cls) else cls(**{f.name: getattr(options, f.name)
-                                                                for f in fields(BackendOptions)})
 
 
 def check_shapes(graph: Graph):
