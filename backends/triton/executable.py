@@ -12,7 +12,7 @@ from ...ir.meanings import check_offsets
 from ...ir.rewrites import moe_chains, swiglu_epilogues
 from ..base import Executable
 from ..devices import Device
-from . import OPS, launch
+from . import OPS, TritonOptions, launch
 from . import autograd as fn
 from .tuning import TuningCache, limits_for
 
@@ -20,7 +20,7 @@ from .tuning import TuningCache, limits_for
 class TritonExecutable(Executable):
     differentiable = True        # every op it runs has a Triton backward
 
-    def __init__(self, graph: Graph, device: Device, options):
+    def __init__(self, graph: Graph, device: Device, options: TritonOptions):
         super().__init__(graph, device)
         self.cache = TuningCache(options.cache_root("triton"))
         self.fused, self.chains = swiglu_epilogues(graph), moe_chains(graph)
