@@ -168,12 +168,16 @@ def dispatch(x, indices, *, num_experts):
     return rows_RH, offsets, order_R
 
 
+def check_offsets(bounds: list[int], rows: int, experts: int, node: str | None = None):
+    """grouped_matmul's offsets must split its rows over the experts."""
+    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or bounds != sorted(bounds):
+        raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {rows} rows over {experts} "
+                      "experts", node, "grouped_matmul")
+
+
 def grouped_matmul(x, weight, offsets):
     bounds = offsets.tolist()
-    if len(bounds) != weight.shape[0] + 1 or bounds[0] != 0 or bounds[-1] != x.shape[0] or any(
-            a > b for a, b in zip(bounds, bounds[1:])):
-        raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {x.shape[0]} rows "
-                      f"over {weight.shape[0]} experts", op="grouped_matmul")
+    check_offsets(bounds, x.shape[0], weight.shape[0])
     acc = acc_dtype(x)
     pieces = [F.linear(x[a:b].to(acc), w.to(acc)) for a, b, w in zip(bounds, bounds[1:], weight.unbind(0))]
     if not pieces:

@@ -1,15 +1,10 @@
-"""The Triton backend: the MoE hot path (router, dispatch, grouped GEMMs, SwiGLU, combine) as Triton kernels,
-one source for every device: compiled on CUDA and ROCm, run by Triton's interpreter on the CPU (slow; its
-bfloat16 tl.dot is wrong, so bfloat16 is declined there). Dense ops run on other backends.
-
-Rooms: this file (the plug-in, its options and support table); executable.py (run-time planning and the
-executable); launch.py and autograd.py (torch tensors to kernel launches, forward and backward); kernels/;
-tuning.py (tile tables, device limits, autotune); lower.py (ahead of time: PTX/cubin, AMDGCN/hsaco and
-manifest.json, from the launches the executable records on meta tensors)."""
+"""The Triton backend: the MoE ops as one kernel source for every device, compiled on CUDA and ROCm, interpreted
+on the CPU (slow); dense ops run on other backends. Rooms: executable (run-time planning), launch and autograd
+(launches, forward and backward), kernels, tuning, lower (ahead of time)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...ir import DType, Graph
@@ -33,33 +28,20 @@ class TritonOptions(BackendOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        bad = [s for s in self.stages if s not in STAGES]
-        if bad:
+        if bad := [s for s in self.stages if s not in STAGES]:
             raise BackendError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
         object.__setattr__(self, "stages", tuple(self.stages))
 
-    @classmethod
-    def of(cls, options: BackendOptions) -> TritonOptions:
-        """options as TritonOptions: plain BackendOptions keep every shared field."""
-        return options if isinstance(options, cls) else cls(**{f.name: getattr(options, f.name)
-                                                                for f in fields(BackendOptions)})
-
-    def cache_path(self) -> Path:
-        return self.cache_root("triton")
-
 
 def check_shapes(graph: Graph):
-    """Refuses, before any launch, shapes the kernels do not handle (static dims they need)."""
+    """Refuses, before any launch, shapes the kernels do not handle."""
     types = graph.types()
     for node in graph.nodes:
-        if node.op == "router" and types[node.inputs[1]].shape[0] > MAX_EXPERTS:
-            raise BackendError(f"triton: node '{node.name}' has more than {MAX_EXPERTS} experts")
-        if node.op == "grouped_matmul":
-            E, N, K = types[node.inputs[1]].shape
-            if not all(isinstance(d, int) for d in (E, N, K)):
-                raise BackendError(f"triton: node '{node.name}' needs a static weight shape, got {(E, N, K)}")
-            if E > MAX_EXPERTS:
-                raise BackendError(f"triton: node '{node.name}' has {E} experts > {MAX_EXPERTS}")
+        weight = types[node.inputs[1]].shape if node.op in ("router", "grouped_matmul") else ()
+        if node.op == "grouped_matmul" and not all(isinstance(d, int) for d in weight):
+            raise BackendError(f"triton: node '{node.name}' needs a static weight shape, got {weight}")
+        if weight and weight[0] > MAX_EXPERTS:      # the router's expert count is static (ir.ops)
+            raise BackendError(f"triton: node '{node.name}' has {weight[0]} experts > {MAX_EXPERTS}")
         if node.op == "combine" and not isinstance(types[node.inputs[2]].shape[-1], int):
             raise BackendError(f"triton: node '{node.name}' needs a static top_k")
 
@@ -76,17 +58,16 @@ class TritonBackend(Backend):
                                             else None)
 
     def support(self, device: Device) -> Support:
-        cpu = device.kind == "cpu"          # the interpreter's bfloat16 dot is wrong
+        cpu = device.kind == "cpu"
         floats = {DType.float32, DType.float16} | (set() if cpu else {DType.bfloat16})
         return Support({op: frozenset(floats) for op in OPS}, {**DECLINED, **({"bfloat16": BF16_CPU} if cpu else {})})
 
     def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
         from .executable import TritonExecutable
-        from .tuning import TuningCache
 
         self.require_supported(graph, device)
         check_shapes(graph)
-        return TritonExecutable(graph, device, TuningCache(TritonOptions.of(options).cache_path()))
+        return TritonExecutable(graph, device, TritonOptions.of(options))
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
         self.check_target(target)
@@ -102,6 +83,3 @@ class TritonBackend(Backend):
             not_lowered.append({"node": node.name, "op": node.op, "reason": reason})
         check_shapes(graph)
         return lower_graph(graph, target, device, Path(out_dir), TritonOptions.of(options), not_lowered)
-
-
-__all__ = ["TritonBackend", "TritonOptions"]

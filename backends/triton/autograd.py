@@ -1,7 +1,5 @@
-"""torch.autograd.Functions around the Triton kernels, and the backward kernels' launches (as in .launch).
-The router's backward is torch autograd through the IR's meaning (float32) for the experts the kernel
-selected; the fused gate_up + SwiGLU recomputes gate_up in its backward instead of keeping R x 2F alive.
-Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F = N/2."""
+"""torch.autograd.Functions around the Triton kernels, and the backward kernels' launches (legend as in .launch).
+The router's backward is torch autograd through the IR's meaning (float32) for the experts the kernel chose."""
 
 from __future__ import annotations
 
@@ -33,9 +31,8 @@ def swiglu_bwd(gate_up_M2F, dh_MF):
     gu = gate_up_M2F.reshape(-1, 2 * F).contiguous()
     dgu = torch.empty_like(gu)
     if gu.shape[0] and F:
-        block = min(pow2(F), 256)
-        run("swiglu_bwd_kernel", (gu.shape[0], triton.cdiv(F, block)), gu, dh_MF.reshape(-1, F).contiguous(), dgu,
-            F, BLOCK_F=block)
+        run("swiglu_bwd_kernel", (gu.shape[0], triton.cdiv(F, 256)), gu, dh_MF.reshape(-1, F).contiguous(), dgu, F,
+            BLOCK_F=pow2(F, 256))
     return dgu.reshape(gate_up_M2F.shape)
 
 
@@ -49,7 +46,7 @@ class GroupedMatmulFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x_RK, w_ENK, offsets = ctx.saved_tensors
-        if ctx.swiglu:
+        if ctx.swiglu:      # recomputes gate_up rather than keeping R x 2F alive
             dy = swiglu_bwd(launch.grouped_matmul(x_RK, w_ENK, offsets, ctx.cfg), dy)
         need_x, need_w = ctx.needs_input_grad[:2]
         dx = launch.grouped_matmul(dy, w_ENK.transpose(1, 2).contiguous(), offsets, ctx.cfg) if need_x else None
@@ -78,12 +75,11 @@ class CombineFn(torch.autograd.Function):
     def backward(ctx, dout):
         y_RH, order_R, weights = ctx.saved_tensors
         H = y_RH.shape[-1]
-        dy_RH = torch.zeros(y_RH.shape, dtype=y_RH.dtype, device=y_RH.device)   # zeros_like keeps odd strides
-        dw = torch.zeros(weights.numel(), dtype=weights.dtype, device=weights.device)
+        dy_RH, dw = y_RH.new_zeros(y_RH.shape), weights.new_zeros(weights.numel())
         if order_R.numel() and H:
             run("combine_bwd_kernel", (order_R.numel(),), y_RH.contiguous(), order_R.contiguous(),
                 weights.reshape(-1).contiguous(), dout.reshape(-1, H).contiguous(), dy_RH, dw, H,
-                TOP_K=weights.shape[-1], BLOCK_H=min(pow2(H), 256))
+                TOP_K=weights.shape[-1], BLOCK_H=pow2(H, 256))
         return dy_RH, None, dw.reshape(weights.shape)
 
 
@@ -92,7 +88,7 @@ class DispatchFn(torch.autograd.Function):
     def forward(ctx, x, indices, num_experts: int):
         rows_RH, offsets, order_R = launch.dispatch(x, indices, num_experts=num_experts)
         ctx.save_for_backward(order_R)
-        ctx.x_shape, ctx.top_k = x.shape, indices.shape[-1]
+        ctx.x_shape, ctx.indices_shape = x.shape, indices.shape
         ctx.mark_non_differentiable(offsets, order_R)
         return rows_RH, offsets, order_R
 
@@ -100,10 +96,9 @@ class DispatchFn(torch.autograd.Function):
     def backward(ctx, drows_RH, _offsets, _order):
         """dx[t] = the sum of the gradients of the rows copied from token t: combine with unit weights."""
         (order_R,) = ctx.saved_tensors
-        if not ctx.top_k:
+        if not ctx.indices_shape[-1]:
             return drows_RH.new_zeros(ctx.x_shape), None, None
-        ones = drows_RH.new_ones(order_R.numel() // ctx.top_k, ctx.top_k)
-        return launch.combine(drows_RH, order_R, ones).reshape(ctx.x_shape), None, None
+        return launch.combine(drows_RH, order_R, drows_RH.new_ones(ctx.indices_shape)), None, None
 
 
 class RouterFn(torch.autograd.Function):
@@ -119,12 +114,10 @@ class RouterFn(torch.autograd.Function):
     def backward(ctx, dweights, _idx, dlogits):
         x, weight, bias, idx_TK = ctx.saved_tensors
         a = ctx.attrs
-        leaves = [t if t is None else t.detach().requires_grad_() for t in (x, weight, bias)]
+        x, weight, bias = (t if t is None else t.detach().requires_grad_() for t in (x, weight, bias))
         with torch.enable_grad():
-            logits_TE, scores_TE = router_scores(leaves[0].reshape(-1, x.shape[-1]).float(), *leaves[1:], a["scoring"])
+            logits, scores_TE = router_scores(x.reshape(-1, x.shape[-1]).float(), weight, bias, a["scoring"])
             w_TK = routing_weights(scores_TE, idx_TK.reshape(-1, idx_TK.shape[-1]), scoring=a["scoring"],
                                    normalize=a["normalize"], scaling=a["scaling"])
-            got = iter(torch.autograd.grad((w_TK, logits_TE), [t for t in leaves if t is not None],
-                                           (dweights.reshape(w_TK.shape).float(), dlogits.reshape(logits_TE.shape)),
-                                           allow_unused=True))
-        return (*(None if t is None else next(got) for t in leaves), None, None)
+            torch.autograd.backward((w_TK, logits), (dweights.reshape_as(w_TK).float(), dlogits.reshape_as(logits)))
+        return x.grad, weight.grad, None if bias is None else bias.grad, None, None

@@ -1,7 +1,5 @@
-"""Runs a graph with the Triton kernels (the run-time planning). In inference a MoE chain (ir.rewrites) runs
-fused (launch.moe_ffn); when gradients are wanted every node runs through its autograd Function (each op has a
-Triton backward), with the gate_up GEMM and its SwiGLU fused. Nothing here waits on the device: offsets are
-checked only when they come from outside the graph (expert indices fed in are checked by the base class)."""
+"""Runs a graph with the Triton kernels: a MoE chain fused in inference, each node through its autograd Function
+when gradients are wanted. Offsets are checked (a host sync) only when they come from outside the graph."""
 
 from __future__ import annotations
 
@@ -9,36 +7,32 @@ from collections.abc import Mapping
 
 import torch
 
-from ...ir import Graph, IRError, Node
+from ...ir import Graph, Node
+from ...ir.meanings import check_offsets
 from ...ir.rewrites import moe_chains, swiglu_epilogues
 from ..base import Executable
 from ..devices import Device
-from . import OPS, launch
+from . import OPS, TritonOptions, launch
 from . import autograd as fn
-from .tuning import TuningCache, limits_for, variant
-
-
-def check_offsets(bounds: list[int], rows: int, experts: int, node: Node):
-    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or bounds != sorted(bounds):
-        raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {rows} rows over {experts} "
-                      "experts", node.name, node.op)
+from .tuning import TuningCache, limits_for
 
 
 class TritonExecutable(Executable):
     differentiable = True        # every op it runs has a Triton backward
 
-    def __init__(self, graph: Graph, device: Device, cache: TuningCache):
+    def __init__(self, graph: Graph, device: Device, options: TritonOptions):
         super().__init__(graph, device)
-        self.cache, self.fused, self.chains = cache, swiglu_epilogues(graph), moe_chains(graph)
+        self.cache = TuningCache(options.cache_root("triton"))
+        self.fused, self.chains = swiglu_epilogues(graph), moe_chains(graph)
         self.outside = {v.name for v in (*graph.inputs, *graph.params)}
         self.limits = None if device.kind == "cpu" else limits_for(device.arch, device.torch_device)
         self.notes: list[str] = []
 
-    def gemm_config(self, x: torch.Tensor, w: torch.Tensor, swiglu: bool, gather: bool = False, rows: int = 0):
+    def gemm_config(self, x: torch.Tensor, w: torch.Tensor, variant: str, rows: int):
         arch = "cpu" if x.device.type == "cpu" else self.device.arch
         E, N, K = w.shape
-        cfg, note = self.cache.get(arch, variant(swiglu, gather), str(x.dtype).removeprefix("torch."), N, K,
-                                   -(-(rows or x.shape[0]) // E), self.limits, x.element_size())
+        cfg, note = self.cache.get(arch, variant, str(x.dtype).removeprefix("torch."), N, K, -(-rows // E),
+                                   self.limits, x.element_size())
         if note and note not in self.notes:
             self.notes.append(note)
         return cfg
@@ -46,9 +40,9 @@ class TritonExecutable(Executable):
     def run_chain(self, chain, env: dict):
         x, idx = (env[i] for i in chain.dispatch.inputs[:2])
         gate_up, down, weights = env[chain.gate_up.inputs[1]], env[chain.down.inputs[1]], env[chain.combine.inputs[2]]
-        cfg_gate_up = self.gemm_config(x, gate_up, True, True, idx.numel())
-        cfg_down = self.gemm_config(x, down, False, rows=idx.numel())
-        env[chain.combine.outputs[0].name] = launch.moe_ffn(x, idx, weights, gate_up, down, cfg_gate_up, cfg_down)
+        rows = idx.numel()
+        cfgs = self.gemm_config(x, gate_up, "swiglu+gather", rows), self.gemm_config(x, down, "plain", rows)
+        env[chain.combine.outputs[0].name] = launch.moe_ffn(x, idx, weights, gate_up, down, *cfgs)
 
     def run_node(self, node: Node, env: dict):
         args = [None if i is None else env[i] for i in node.inputs]
@@ -59,9 +53,10 @@ class TritonExecutable(Executable):
         elif node.op == "grouped_matmul":
             x, w, offsets = args
             if node.inputs[2] in self.outside and offsets.device.type != "meta":
-                check_offsets(offsets.tolist(), x.shape[0], w.shape[0], node)
+                check_offsets(offsets.tolist(), x.shape[0], w.shape[0], node.name)
             act = self.fused.get(node.name)
-            out = fn.GroupedMatmulFn.apply(x, w, offsets, self.gemm_config(x, w, act is not None), act is not None)
+            cfg = self.gemm_config(x, w, "swiglu" if act else "plain", x.shape[0])
+            out = fn.GroupedMatmulFn.apply(x, w, offsets, cfg, act is not None)
             node = act or node             # a fused SwiGLU's output is what the kernel computed
         else:
             out = (fn.SwigluFn if node.op == "swiglu" else fn.CombineFn).apply(*args)
@@ -73,8 +68,7 @@ class TritonExecutable(Executable):
         return [env[o] for o in self.graph.outputs]
 
     def execute(self, env: dict, grads: bool):
-        """Runs the MoE nodes in order, each node's outputs into env (lowering runs a whole model's graph with
-        every value in env as a meta tensor, so the dense nodes are skipped)."""
+        """Runs the MoE nodes into env (dense ones are skipped: lowering runs whole models on meta tensors)."""
         done = set()
         for node in self.graph.nodes:
             if node.op not in OPS or node.name in done:

@@ -1,26 +1,24 @@
-"""Launches the forward kernels on torch tensors: compiled on CUDA/ROCm, the same source in Triton's interpreter
-on CPU tensors (no TRITON_INTERPRET needed), recorded on meta tensors for ahead-of-time lowering (..lower).
-Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, N out features, F = N/2."""
+"""Launches the forward kernels on torch tensors: compiled on CUDA/ROCm, interpreted on CPU tensors, recorded on
+meta tensors for lowering (..lower). Legend: T tokens, H hidden, E experts, K top-k, R = T*K rows, F = N/2."""
 
 from __future__ import annotations
 
 import functools
 import threading
+from unittest import mock
 
 import numpy as np
 import torch
 import triton
 from triton.runtime import interpreter
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from . import kernels
+from .kernels import BY_NAME
 from .tuning import GemmConfig
 
 recorder = None     # while lowering: the ..lower.Recorder that takes launches on meta tensors
 _LOCK = threading.Lock()
-_interpreted = functools.cache(InterpretedFunction)
+_interpreted = functools.cache(interpreter.InterpretedFunction)
 
 
 def _call_interpreted(self, *args, **kwargs):
@@ -39,25 +37,21 @@ def _patch_lang_tensor(tensor, scope, patch=interpreter._patch_lang_tensor):
 
 
 def interpret(fn, grid, *args, **kwargs):
-    """Runs a kernel in the interpreter; the @triton.jit helpers it calls (tl.sum, ...) are interpreted too,
-    as TRITON_INTERPRET=1 would do for the whole process, and Triton is restored after."""
-    with _LOCK, np.errstate(over="ignore", invalid="ignore"):   # exp overflowing to inf is IEEE, not news
-        saved = JITFunction.__call__, interpreter._patch_lang_tensor
-        JITFunction.__call__, interpreter._patch_lang_tensor = _call_interpreted, _patch_lang_tensor
-        try:
-            return _interpreted(fn)[grid](*args, **kwargs)
-        finally:
-            JITFunction.__call__, interpreter._patch_lang_tensor = saved
+    """Interprets a kernel and its @triton.jit helpers, as TRITON_INTERPRET=1 would for the whole process."""
+    with (_LOCK, np.errstate(over="ignore", invalid="ignore"),      # exp overflowing to inf is IEEE, not news
+          mock.patch.object(triton.JITFunction, "__call__", _call_interpreted),
+          mock.patch.object(interpreter, "_patch_lang_tensor", _patch_lang_tensor)):
+        return _interpreted(fn)[grid](*args, **kwargs)
 
 
 def run(name: str, grid: tuple, *args, **kwargs):
-    """Launches kernels.<name> on the device of its first argument."""
+    """Launches the kernel of that name on the device of its first argument."""
     device = args[0].device.type
     if device == "meta":
         return recorder.record(name, *args, **kwargs)
     if device == "cpu":
-        return interpret(getattr(kernels, name).fn, grid, *args, **kwargs)
-    return getattr(kernels, name)[grid](*args, **kwargs)
+        return interpret(BY_NAME[name].fn, grid, *args, **kwargs)
+    return BY_NAME[name][grid](*args, **kwargs)
 
 
 def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:
@@ -67,8 +61,8 @@ def compiled_for_nvidia(t: torch.Tensor, min_major: int = 0) -> bool:
     return t.is_cuda and not torch.version.hip and torch.cuda.get_device_capability(t.device)[0] >= min_major
 
 
-def pow2(n: int) -> int:
-    return max(2, triton.next_power_of_2(max(int(n), 1)))
+def pow2(n: int, cap: int = 1 << 20) -> int:
+    return min(cap, max(2, triton.next_power_of_2(max(int(n), 1))))
 
 
 def dot_precision(t: torch.Tensor) -> str:
@@ -89,7 +83,7 @@ def router(x, weight, bias, score_bias, *, top_k, scoring, num_groups, top_group
             float(scaling), E=E, TOP_K=top_k, SCORING=scoring, NUM_GROUPS=num_groups,
             TOP_GROUPS=top_groups, GROUP_TOP2=group_score == "top2_sum", NORMALIZE=normalize,
             HAS_BIAS=bias is not None, HAS_SCORE_BIAS=score_bias is not None, BLOCK_E=pow2(E),
-            BLOCK_H=min(pow2(H), 128), BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))
+            BLOCK_H=pow2(H, 128), BLOCK_K=pow2(top_k), BLOCK_G=pow2(num_groups))
     return weights_TK.reshape(*lead, top_k), idx_TK.reshape(*lead, top_k), logits_TE.reshape(*lead, E)
 
 
@@ -101,23 +95,20 @@ def dispatch(x, indices, *, num_experts):
     run("dispatch_kernel", (1,), idx_R, order_R, offsets, R, E=num_experts, BLOCK_E=pow2(num_experts), BLOCK_R=64)
     rows_RH = x.new_empty(R, H)
     if R and H:
-        block = min(pow2(H), 256)
-        run("gather_kernel", (R, triton.cdiv(H, block)), x.reshape(-1, H).contiguous(), order_R, rows_RH, H,
-            TOP_K=top_k, BLOCK_H=block)
+        run("gather_kernel", (R, triton.cdiv(H, 256)), x.reshape(-1, H).contiguous(), order_R, rows_RH, H,
+            TOP_K=top_k, BLOCK_H=pow2(H, 256))
     return rows_RH, offsets, order_R
 
 
 def use_tma(w: torch.Tensor, cfg: GemmConfig) -> bool:
-    """Weights through a tensor descriptor: on NVIDIA sm_90+ (TMA) and in the interpreter (so the CPU tests
-    cover that path), when the rows are 16-byte aligned as TMA requires."""
+    """TMA weights on NVIDIA sm_90+ and in the interpreter (so CPU tests cover it), when 16-byte aligned."""
     aligned = w.numel() > 0 and w.is_contiguous() and (w.shape[-1] * w.element_size()) % 16 == 0 and \
         w.data_ptr() % 16 == 0 and cfg.block_k * w.element_size() >= 16
     return aligned and (w.device.type == "cpu" or compiled_for_nvidia(w, 9))
 
 
 def moe_align(experts_R: torch.Tensor, num_experts: int, block_m: int):
-    """Slots for the MoE GEMM, on the device with no host sync: each expert's rows padded to block_m
-    (slots[s] = row, or R where padding), and the expert of each M-block (-1 past the last)."""
+    """Slots on the device, no host sync: each expert's rows padded to block_m (R pads), and each M-block's expert."""
     R = experts_R.numel()
     blocks = triton.cdiv(R, block_m) + min(num_experts, R)
     slots = experts_R.new_full((blocks * block_m,), R, dtype=torch.int32)
@@ -157,8 +148,7 @@ def grouped_matmul(x_RK, weight_ENK, offsets, cfg: GemmConfig, *, swiglu=False):
 
 
 def moe_ffn(x, indices, weights, gate_up_ENK, down_ENK, cfg_gate_up: GemmConfig, cfg_down: GemmConfig):
-    """dispatch -> grouped gate_up + SwiGLU -> grouped down -> combine, fused: the gate_up GEMM gathers each
-    pair's token row, the down GEMM multiplies by the routing weight, so combine is a sum over k."""
+    """dispatch -> gate_up + SwiGLU -> down -> combine in two GEMMs that gather rows and apply routing weights."""
     top_k, H = indices.shape[-1], x.shape[-1]
     experts_R = indices.reshape(-1).contiguous()
     R, E, F = experts_R.numel(), gate_up_ENK.shape[0], gate_up_ENK.shape[1] // 2
@@ -176,20 +166,17 @@ def swiglu(x):
     x_M2F = x.reshape(-1, 2 * F).contiguous()
     y = x.new_empty(x_M2F.shape[0], F)
     if y.numel():
-        block = min(pow2(F), 256)
-        run("swiglu_kernel", (x_M2F.shape[0], triton.cdiv(F, block)), x_M2F, y, F, BLOCK_F=block)
+        run("swiglu_kernel", (x_M2F.shape[0], triton.cdiv(F, 256)), x_M2F, y, F, BLOCK_F=pow2(F, 256))
     return y.reshape(*x.shape[:-1], F)
 
 
 def combine(y_RH, order_R, weights):
     """out[t] = sum over k of weights[t, k] * y[the row of pair t*K + k]."""
-    top_k, H = weights.shape[-1], y_RH.shape[-1]
-    R = order_R.numel()
+    top_k, H, R = weights.shape[-1], y_RH.shape[-1], order_R.numel()
     out = y_RH.new_empty(R // top_k if top_k else 0, H)
     if R and H:
         inverse_R = order_R.new_empty(R)    # inverse[order[r]] = r
         run("inverse_kernel", (triton.cdiv(R, 256),), order_R.contiguous(), inverse_R, R, BLOCK_R=256)
-        block = min(pow2(H), 256)
-        run("combine_kernel", (out.shape[0], triton.cdiv(H, block)), y_RH.contiguous(), inverse_R,
-            weights.reshape(-1).contiguous(), out, H, TOP_K=top_k, BLOCK_H=block)
+        run("combine_kernel", (out.shape[0], triton.cdiv(H, 256)), y_RH.contiguous(), inverse_R,
+            weights.reshape(-1).contiguous(), out, H, TOP_K=top_k, BLOCK_H=pow2(H, 256))
     return out.reshape(*weights.shape[:-1], H)

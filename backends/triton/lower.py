@@ -1,8 +1,5 @@
-"""Ahead-of-time lowering for a named GPU target on any machine: PTX + cubin (NVIDIA) or AMDGCN + hsaco (AMD),
-intermediate stages on request, and manifest.json, for every kernel instance the executable launches when run
-on meta tensors (so what is lowered is what runs; with options.backward the op-by-op "training" forward and
-the "backward" kernels too). Compiled kernels live in the backends' trusted artifact store (cache_dir/lower/),
-keyed by kernel source, instance, target and Triton version, and verified against their digests on load."""
+"""Ahead-of-time lowering on any machine: PTX + cubin or AMDGCN + hsaco and manifest.json for every kernel instance
+the executable launches on meta tensors, so what is lowered is what runs (options.backward: training too)."""
 
 from __future__ import annotations
 
@@ -19,26 +16,27 @@ from ...ir import Graph
 from ..base import BackendError, write_manifest
 from ..cache import Store, make_key
 from ..devices import Device
-from . import OPS, kernels, launch
+from . import OPS, launch
 from .executable import TritonExecutable
-from .tuning import TuningCache
+from .kernels import BY_NAME
 
 MATRIX_INSTRUCTIONS = {"sm_80": "mma.sync", "sm_90": "wgmma", "sm_100": "tcgen05.mma", "gfx90a": "v_mfma",
                        "gfx942": "v_mfma", "gfx1100": "v_wmma"}
+TILES = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "BLOCK_K": "block_k"}     # the GEMM tile constexprs
 
 
 class Recorder:
-    """Takes the launches the executable makes on meta tensors (see launch.run): one instance per distinct
-    kernel, signature, constexprs and options, with the graph nodes it serves and the pass it belongs to."""
+    """Takes the launches made on meta tensors: one instance per distinct launch, with its nodes and pass."""
 
     def __init__(self, target: str):
         self.target, self.phase, self.nodes, self.launches = target, "forward", [], {}
 
     def record(self, name: str, *args, num_warps=4, num_stages=3, **constexprs):
-        params = [p.name for p in getattr(kernels, name).params if not p.is_constexpr]
+        params = [p.name for p in BY_NAME[name].params if not p.is_constexpr]
         inst = {"kernel": name, "signature": {**{p: mangle_type(a) for p, a in zip(params, args)},
                                               **{k: "constexpr" for k in constexprs}},
-                "constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages, "pass": self.phase}
+                "constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages, "pass": self.phase,
+                "tile_config": {TILES[k]: v for k, v in constexprs.items() if k in TILES} or None}
         found = self.launches.setdefault(json.dumps(inst, sort_keys=True), {**inst, "nodes": []})
         found["nodes"] += [n for n in self.nodes if n not in found["nodes"]]
 
@@ -56,7 +54,7 @@ def meta_env(graph: Graph, tokens: int, grads: bool) -> dict:
 
 def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
     """Every kernel instance the executable launches on the target for options.tokens tokens."""
-    exe, tokens = TritonExecutable(graph, device, TuningCache(options.cache_path())), options.tokens
+    exe, tokens = TritonExecutable(graph, device, options), options.tokens
     recorder = launch.recorder = Recorder(target)
     try:
         exe.execute(meta_env(graph, tokens, False), grads=False)
@@ -64,14 +62,11 @@ def instances(graph: Graph, target: str, device: Device, options) -> list[dict]:
             recorder.phase, env = "training", meta_env(graph, tokens, True)
             exe.execute(env, grads=True)
             outs = [env[v.name] for n in graph.nodes if n.op in OPS for v in n.outputs if env[v.name].grad_fn]
-            recorder.phase = "backward"
-            recorder.nodes = [n.name for n in graph.nodes if n.op in OPS]
+            recorder.phase, recorder.nodes = "backward", [n.name for n in graph.nodes if n.op in OPS]
             torch.autograd.backward([t.float().sum() for t in outs])
     finally:
         launch.recorder = None
-    return [{**inst, "tile_config": {k.removeprefix("BLOCK_").lower(): v for k, v in inst["constexprs"].items()
-                                     if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} or None}
-            for inst in recorder.launches.values()]
+    return list(recorder.launches.values())
 
 
 def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Path) -> dict:
@@ -79,7 +74,7 @@ def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Pa
     vendor, arch = target.split(":")
     gpu = GPUTarget("cuda", int(arch.removeprefix("sm_")), 32) if vendor == "cuda" else \
         GPUTarget("hip", arch, 32 if arch.startswith("gfx11") else 64)
-    src = ASTSource(fn=getattr(kernels, inst["kernel"]), signature=inst["signature"], constexprs=inst["constexprs"])
+    src = ASTSource(fn=BY_NAME[inst["kernel"]], signature=inst["signature"], constexprs=inst["constexprs"])
     try:
         compiled = triton.compile(src, target=gpu, options={"num_warps": inst["num_warps"],
                                                             "num_stages": inst["num_stages"], "enable_fp_fusion": True})
@@ -93,12 +88,11 @@ def compile_instance(inst: dict, target: str, stages: tuple[str, ...], entry: Pa
 
 def lower_graph(graph: Graph, target: str, device: Device, out_dir: Path, options, not_lowered: list) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    store, instr = Store(options.cache_path() / "lower", "triton"), MATRIX_INSTRUCTIONS[target.split(":")[1]]
+    store, instr = Store(options.cache_root("triton") / "lower", "triton"), MATRIX_INSTRUCTIONS[target.split(":")[1]]
     binary = ("ptx", "cubin") if target.startswith("cuda") else ("amdgcn", "hsaco")
-    stages = (*options.stages, *binary)
-    entries = []
+    stages, entries = (*options.stages, *binary), []
     for i, inst in enumerate(instances(graph, target, device, options)):
-        key = make_key(source=getattr(kernels, inst["kernel"]).cache_key,   # its source and the @jit helpers it calls
+        key = make_key(source=BY_NAME[inst["kernel"]].cache_key,   # its source and the @jit helpers it calls
                        instance={k: inst[k] for k in ("signature", "constexprs", "num_warps", "num_stages")},
                        target=target, stages=sorted(options.stages), triton=triton.__version__)
         entry = store.fetch(key, lambda folder, inst=inst: compile_instance(inst, target, stages, folder))

@@ -1,8 +1,5 @@
-"""Tile configs of the grouped GEMM, keyed by device arch, launched variant ("plain", "swiglu",
-"swiglu+gather": a fused epilogue holds two weight tiles, so it is sized and tuned on its own), dtype, N, K
-and bucket of rows per expert (decode puts a row or two on each expert, prefill hundreds). Lookup: autotuned
-results (cache_dir/tuned.json), else the shipped table tuned/defaults.json (per arch family and bucket)
-shrunk, fewer stages then narrower N tiles, to fit the device's shared memory and registers, with a note."""
+"""Tile configs of the grouped GEMM by arch, variant (a fused SwiGLU holds two weight tiles), dtype, N, K and rows
+per expert: autotuned (cache_dir/tuned.json), else tuned/defaults.json shrunk to fit the device, with a note."""
 
 from __future__ import annotations
 
@@ -10,11 +7,11 @@ import functools
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
 import triton
+from triton.testing import do_bench
 
 from ..cache import read_json, warn, write_json
-
-BUCKETS = (16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -26,6 +23,7 @@ class GemmConfig:
     num_stages: int = 3
 
 
+DEFAULTS = read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
 CPU_CONFIG = GemmConfig(16, 16, 16, 1, 1)   # the interpreter: small tiles keep numpy work low
 CANDIDATES = tuple(GemmConfig(*c) for c in (
     (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
@@ -45,37 +43,23 @@ SHARED_MEMORY = {"sm_90": 232448, "sm_10": 232448, "sm_80": 166912, "sm_86": 101
 
 
 def limits_for(arch: str, torch_device: str | None = None) -> Limits:
-    import torch
-
     shared = next((v for k, v in SHARED_MEMORY.items() if arch.startswith(k)), 49152)
     if torch_device and torch_device.startswith("cuda") and torch.cuda.is_available():
         shared = getattr(torch.cuda.get_device_properties(torch_device), "shared_memory_per_block_optin", 0) or shared
     return Limits(shared, 512, 64) if arch.startswith("gfx9") else Limits(shared)
 
 
-def variant(swiglu: bool, gather: bool = False) -> str:
-    return ("swiglu" if swiglu else "plain") + ("+gather" if gather else "")
-
-
-def shared_bytes(cfg: GemmConfig, variant: str, elem: int) -> int:
-    """Each pipeline stage holds an M x K input tile and one (swiglu: two) N x K weight tiles."""
-    weights = 2 if variant.startswith("swiglu") else 1
-    return cfg.num_stages * (cfg.block_m * cfg.block_k + weights * cfg.block_n * cfg.block_k) * elem
-
-
 def fits(cfg: GemmConfig, variant: str, elem: int, limits: Limits) -> bool:
-    """Shared memory, and the fp32 accumulators (two with swiglu) within 3/4 of each thread's registers."""
-    per_thread = cfg.block_m * cfg.block_n * (1 + variant.startswith("swiglu")) / (limits.warp_size * cfg.num_warps)
-    return shared_bytes(cfg, variant, elem) <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
+    """Each pipeline stage's M x K input tile and N x K weight tiles (two with swiglu) in shared memory, and the
+    fp32 accumulators (as many) within 3/4 of each thread's registers."""
+    tiles = 1 + variant.startswith("swiglu")
+    shared = cfg.num_stages * (cfg.block_m + tiles * cfg.block_n) * cfg.block_k * elem
+    per_thread = tiles * cfg.block_m * cfg.block_n / (limits.warp_size * cfg.num_warps)
+    return shared <= limits.shared_memory and per_thread <= limits.registers * 3 // 4
 
 
 def bucket(rows_per_expert: int) -> str:
-    return next((str(b) for b in BUCKETS if rows_per_expert <= b), "large")
-
-
-@functools.cache
-def default_tables() -> dict:
-    return read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
+    return next((str(b) for b in (16, 32, 64, 128, 256) if rows_per_expert <= b), "large")
 
 
 class TuningCache:
@@ -94,20 +78,18 @@ class TuningCache:
         """The config and, when it is not a tuned result, a note naming the default used."""
         if arch == "cpu":
             return CPU_CONFIG, None
-        hit = self.entries.get(self.key(arch, variant, dtype, n, k, rows_per_expert))
+        key = self.key(arch, variant, dtype, n, k, rows_per_expert)
         try:
-            return GemmConfig(**hit), None
+            return GemmConfig(**self.entries.get(key)), None
         except TypeError:             # no entry, or a malformed one: the default below
             pass
-        tables = default_tables()
-        family = next((tables[f] for f in (arch, arch[:5], arch[:4]) if f in tables), tables["generic"])
+        family = next((DEFAULTS[f] for f in (arch, arch[:5], arch[:4]) if f in DEFAULTS), DEFAULTS["generic"])
         table = family.get(dtype, family["any"])
         cfg, limits = GemmConfig(**table.get(bucket(rows_per_expert), table["large"])), limits or limits_for(arch)
         while not fits(cfg, variant, elem, limits) and (cfg.num_stages > 2 or cfg.block_n > 16):
             fewer = {"num_stages": cfg.num_stages - 1} if cfg.num_stages > 2 else {"block_n": cfg.block_n // 2}
             cfg = replace(cfg, **fewer)
-        return cfg, (f"untuned default tile config {asdict(cfg)} for {arch}/{variant}/{dtype}/n{n}/k{k}/"
-                     f"m{bucket(rows_per_expert)}: run autotune() on this device to tune it")
+        return cfg, f"untuned default tile config {asdict(cfg)} for {key}: run autotune() on this device to tune it"
 
     def put(self, arch, variant, dtype, n, k, rows_per_expert, cfg: GemmConfig):
         self.entries[self.key(arch, variant, dtype, n, k, rows_per_expert)] = asdict(cfg)
@@ -120,20 +102,14 @@ class TuningCache:
 
 def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int, run,
              limits: Limits, elem: int = 2, timer=None) -> GemmConfig | None:
-    """Times run(cfg) (the very launch that will run) for each candidate that fits the device and stores the
-    fastest that ran; None, and nothing stored, when none ran."""
-    if timer is None:
-        from triton.testing import do_bench
-
-        timer = functools.partial(do_bench, warmup=5, rep=20)
-    timings = {}
+    """Times run(cfg), the launch itself, for each candidate that fits and stores the fastest; None if none ran."""
+    timer, timings = timer or functools.partial(do_bench, warmup=5, rep=20), {}
     for cfg in (c for c in CANDIDATES if fits(c, variant, elem, limits)):
         try:
             timings[cfg] = timer(lambda c=cfg: run(c))
         except Exception as err:  # noqa: BLE001 - a config that fails to compile or launch is not a candidate
             print(f"autotune: {cfg} failed: {type(err).__name__}")
-    if not timings:
-        return None
-    best = min(timings, key=timings.get)
-    cache.put(arch, variant, dtype, n, k, rows_per_expert, best)
+    best = min(timings, key=timings.get, default=None)
+    if best:
+        cache.put(arch, variant, dtype, n, k, rows_per_expert, best)
     return best

@@ -1,11 +1,6 @@
-"""The Triton kernels of the MoE hot path, forward and backward: one source for every device, compiled by
-Triton on CUDA and ROCm, run by its interpreter on the CPU (see ..launch)."""
+"""The Triton kernels of the MoE hot path, forward and backward, by name (launched by ..launch and ..autograd)."""
 
-from .dispatch import align_kernel, bucket_kernel, dispatch_kernel, gather_kernel, inverse_kernel
-from .moe_gemm import grouped_gemm_dw_kernel, moe_gemm_kernel
-from .router import router_kernel
-from .swiglu_combine import combine_bwd_kernel, combine_kernel, swiglu_bwd_kernel, swiglu_kernel
+from . import dispatch_combine, moe_gemm, router
 
-__all__ = ["align_kernel", "bucket_kernel", "combine_bwd_kernel", "combine_kernel", "dispatch_kernel",
-           "gather_kernel", "grouped_gemm_dw_kernel", "inverse_kernel", "moe_gemm_kernel", "router_kernel",
-           "swiglu_bwd_kernel", "swiglu_kernel"]
+BY_NAME = {name: fn for module in (dispatch_combine, moe_gemm, router) for name, fn in vars(module).items()
+           if name.endswith("_kernel")}

@@ -1,15 +1,7 @@
-"""The grouped GEMM of the MoE layer (vLLM-style fused MoE): y[row] = a[row // A_DIV] @ w[e]^T for the rows
-of each expert e, fp32 accumulation, one expert per M-block (..launch.moe_align's slots). A_DIV = top_k
-gathers each pair's token row straight from x (no copied rows); A_DIV = 1 reads rows as they are.
-Epilogues: SWIGLU computes silu(a @ Wg^T) * (a @ Wu^T), Wg = w[e, :F], Wu = w[e, F:] (F = N/2), rounding like
-grouped_matmul then swiglu; SCALE multiplies row r by scale[r] (the routing weight: combine becomes a sum).
-W_TMA: the weights come through a tensor descriptor (TMA, cp.async.bulk.tensor on sm_90 with wgmma);
-otherwise through pointers (any GPU, the interpreter). Programs are ordered GROUP_M M-blocks at a time so
-the input rows of a group stay in L2 across the N tiles.
-
-Backward: dx[seg e] = dy[seg e] @ w[e] is this GEMM over the transposed weights; grouped_gemm_dw_kernel:
-dw[e] = dy[seg e]^T @ x[seg e] (rows sorted by expert, offsets[e] the segments), one program per
-(expert, N-tile, K-tile) looping over its segment's rows; an expert with no rows gets zeros."""
+"""The MoE grouped GEMM (vLLM-style): y[r] = a[r // A_DIV] @ w[e]^T, one expert per M-block (..launch.moe_align);
+A_DIV = top_k reads token rows straight from x, SWIGLU and SCALE (the routing weight) are epilogues, W_TMA loads
+weights by TMA, GROUP_M M-blocks run together so their rows stay in L2. Backward: dw[e] = dy[seg e]^T @ x[seg e].
+SwiGLU also runs alone (swiglu_kernel, swiglu_bwd_kernel) where it is not fused."""
 
 import triton
 import triton.language as tl
@@ -28,16 +20,19 @@ def weight_tile(w, row0, k0, K, n_ok, W_TMA: tl.constexpr, BLOCK_N: tl.constexpr
 
 
 @triton.jit
+def swiglu_rounded(gate, up):
+    """silu(gate) * up in float32, silu rounded to gate's dtype as the reference's separate ops round."""
+    g = gate.to(tl.float32)
+    return (g * tl.sigmoid(g)).to(gate.dtype).to(tl.float32) * up.to(tl.float32)
+
+
+@triton.jit
 def moe_gemm_kernel(a_ptr, w, y_ptr, slots_ptr, block_expert_ptr, scale_ptr, ROWS, N_OUT, K,
                     A_DIV: tl.constexpr, SWIGLU: tl.constexpr, SCALE: tl.constexpr, W_TMA: tl.constexpr,
                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr):
-    num_n = tl.cdiv(N_OUT, BLOCK_N)
-    pid, num_m = tl.program_id(0), tl.num_programs(0) // num_n
-    first_m = pid // (GROUP_M * num_n) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    pid, num_n = tl.program_id(0), tl.cdiv(N_OUT, BLOCK_N)
+    pid_m, pid_n = tl.swizzle2d(pid // num_n, pid % num_n, tl.num_programs(0) // num_n, num_n, GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
         rows = tl.load(slots_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
@@ -58,9 +53,7 @@ def moe_gemm_kernel(a_ptr, w, y_ptr, slots_ptr, block_expert_ptr, scale_ptr, ROW
                 acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
         dt = y_ptr.dtype.element_ty
         if SWIGLU:
-            g32 = acc.to(dt).to(tl.float32)
-            act = (g32 * (1.0 / (1.0 + tl.exp(-g32)))).to(dt)
-            acc = act.to(tl.float32) * acc_up.to(dt).to(tl.float32)
+            acc = swiglu_rounded(acc.to(dt), acc_up.to(dt))
         if SCALE:
             acc = acc.to(dt).to(tl.float32) * tl.load(scale_ptr + rows, mask=m_ok, other=0.0).to(tl.float32)[:, None]
         tl.store(y_ptr + rows[:, None].to(tl.int64) * N_OUT + rn[None, :], acc.to(dt),
@@ -73,10 +66,8 @@ def grouped_gemm_dw_kernel(dy_ptr, x_ptr, dw_ptr, offsets_ptr, N, K, PRECISION: 
     expert = tl.program_id(0).to(tl.int64)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
-    n_ok = rn < N
-    k_ok = rk < K
-    lo = tl.load(offsets_ptr + expert)
-    hi = tl.load(offsets_ptr + expert + 1)
+    n_ok, k_ok = rn < N, rk < K
+    lo, hi = tl.load(offsets_ptr + expert), tl.load(offsets_ptr + expert + 1)
     acc = tl.full([BLOCK_N, BLOCK_K], 0, dtype=tl.float32)
     for m0 in range(lo, hi, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
@@ -86,3 +77,27 @@ def grouped_gemm_dw_kernel(dy_ptr, x_ptr, dw_ptr, offsets_ptr, N, K, PRECISION: 
         acc = tl.dot(tl.trans(dy), x, acc, input_precision=PRECISION)
     tl.store(dw_ptr + expert * N * K + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def swiglu_kernel(x_ptr, y_ptr, F, BLOCK_F: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_ok = f < F
+    gate = tl.load(x_ptr + m * 2 * F + f, mask=f_ok, other=0.0)
+    up = tl.load(x_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0)
+    tl.store(y_ptr + m * F + f, swiglu_rounded(gate, up).to(y_ptr.dtype.element_ty), mask=f_ok)
+
+
+@triton.jit
+def swiglu_bwd_kernel(gu_ptr, dh_ptr, dgu_ptr, F, BLOCK_F: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_ok = f < F
+    g = tl.load(gu_ptr + m * 2 * F + f, mask=f_ok, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + m * 2 * F + F + f, mask=f_ok, other=0.0).to(tl.float32)
+    dh = tl.load(dh_ptr + m * F + f, mask=f_ok, other=0.0).to(tl.float32)
+    s = tl.sigmoid(g)
+    dt = dgu_ptr.dtype.element_ty
+    tl.store(dgu_ptr + m * 2 * F + f, (dh * u * (s * (1.0 + g * (1.0 - s)))).to(dt), mask=f_ok)     # silu'(g)
+    tl.store(dgu_ptr + m * 2 * F + F + f, (dh * (g * s)).to(dt), mask=f_ok)

@@ -1,6 +1,5 @@
-"""Router kernel: one program per token. Logits (fp32), scores (SCORING is the IR's attribute: softmax,
-sigmoid, or raw for softmax_topk), selection bias, group-limited masking, top-k with ties to the lower index,
-renormalisation and scaling. Legend: T tokens, H hidden, E experts, K top-k, G expert groups."""
+"""The router, one program per token: fp32 logits, scores (the IR's scoring), selection bias, group-limited
+masking, top-k (ties to the lower index), renormalisation, scaling. Legend: H hidden, E experts, K top-k, G groups."""
 
 import triton
 import triton.language as tl
@@ -8,8 +7,7 @@ import triton.language as tl
 
 @triton.jit
 def pick_next(values, free, index, NONE: tl.constexpr):
-    """The index of the largest free value; NaN ranks first (as in a descending torch.sort), ties go to the
-    lower index."""
+    """The index of the largest free value; NaN ranks first, as in a descending torch.sort."""
     nan = (values != values) & free
     cand = tl.where(free & ~nan, values, float("-inf"))
     best = tl.min(tl.where((cand == tl.max(cand, axis=0)) & free & ~nan, index, NONE), axis=0)
@@ -37,14 +35,13 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
     tl.store(logits_ptr + t * E + e, logits_E, mask=e_ok)
 
     neg_inf = float("-inf")
+    scores_E = logits_E
     if SCORING == "softmax":
         z = tl.where(e_ok, logits_E, neg_inf)
         p = tl.exp(z - tl.max(z, axis=0))
         scores_E = p / tl.sum(p, axis=0)
     elif SCORING == "sigmoid":
-        scores_E = 1.0 / (1.0 + tl.exp(-logits_E))
-    else:
-        scores_E = logits_E
+        scores_E = tl.sigmoid(logits_E)
     sel_E = scores_E
     if HAS_SCORE_BIAS:
         sel_E += tl.load(score_bias_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
@@ -70,8 +67,7 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, score_bias_ptr, weights_ptr, idx_ptr, 
 
     k = tl.arange(0, BLOCK_K)
     taken_E = e < 0
-    idx_K = tl.full([BLOCK_K], 0, dtype=tl.int64)
-    w_K = tl.full([BLOCK_K], 0, dtype=tl.float32)
+    idx_K, w_K = tl.full([BLOCK_K], 0, dtype=tl.int64), tl.full([BLOCK_K], 0, dtype=tl.float32)
     for ki in tl.static_range(TOP_K):
         pick = pick_next(sel_E, ~taken_E & e_ok, e, BLOCK_E)
         taken_E = taken_E | (e == pick)

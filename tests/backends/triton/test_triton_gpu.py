@@ -28,11 +28,11 @@ def close(got, want, dtype, what=""):
     assert err <= TOL[dtype], f"{what}: relative error {err:.2e} > {TOL[dtype]:.0e}"
 
 
-def gpu_config(x, w, swiglu, gather=False):
-    from portable_moe.backends.triton.tuning import TuningCache, limits_for, variant
+def gpu_config(x, w, variant):
+    from portable_moe.backends.triton.tuning import TuningCache, limits_for
 
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
-    cfg, _ = TuningCache(None).get(arch, variant(swiglu, gather), str(x.dtype)[6:], w.shape[1], w.shape[2],
+    cfg, _ = TuningCache(None).get(arch, variant, str(x.dtype)[6:], w.shape[1], w.shape[2],
                                    x.shape[0] // w.shape[0] + 1, limits_for(arch, DEV), x.element_size())
     return cfg
 
@@ -88,10 +88,10 @@ def test_grouped_gemm_and_fused_moe_ffn(dtype, tokens):
     h64 = ref.swiglu(ref.grouped_matmul(rows, gate_up.double(), offsets))
     want = ref.combine(ref.grouped_matmul(h64, down.double(), offsets), order, wts.double())
     gu, dn, rows = gate_up.to(DEV), down.to(DEV), rows.to(dtype).to(DEV)
-    h = launch.grouped_matmul(rows, gu, offsets.to(DEV), gpu_config(rows, gu, True), swiglu=True)
+    h = launch.grouped_matmul(rows, gu, offsets.to(DEV), gpu_config(rows, gu, "swiglu"), swiglu=True)
     close(h, h64, dtype, "grouped gate_up + swiglu")
-    out = launch.moe_ffn(x.to(DEV), idx.to(DEV), wts.to(DEV), gu, dn, gpu_config(rows, gu, True, True),
-                         gpu_config(rows, dn, False))
+    out = launch.moe_ffn(x.to(DEV), idx.to(DEV), wts.to(DEV), gu, dn, gpu_config(rows, gu, "swiglu+gather"),
+                         gpu_config(rows, dn, "plain"))
     close(out, want, dtype, "fused MoE FFN")
 
 

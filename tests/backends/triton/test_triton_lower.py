@@ -151,7 +151,7 @@ def test_second_lower_hits_the_cache(lowered, tmp_path, monkeypatch):
 def test_a_corrupted_cached_kernel_is_rebuilt_not_returned(lowered, tmp_path, capfd):
     out_dir, first, _, options, graph = lowered["cuda:sm_90"]
     wanted = (out_dir / first["kernels"][0]["artifacts"]["cubin"]).read_bytes()
-    cubin = next(p for p in (options.cache_path() / "lower").glob("*/cubin") if p.read_bytes() == wanted)
+    cubin = next(p for p in (options.cache_root("triton") / "lower").glob("*/cubin") if p.read_bytes() == wanted)
     ptx = cubin.with_name("ptx")
     damaged = bytearray(cubin.read_bytes())
     for i in range(0, min(len(damaged), 3000), 10):        # 300 flipped bytes

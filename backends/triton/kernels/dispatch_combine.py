@@ -1,10 +1,6 @@
-"""Dispatch kernels. Legend: T tokens, K top-k, R = T*K (token, k) pairs, E experts, H hidden.
-
-dispatch_kernel (one program): counts per expert, exclusive prefix sum (offsets), and the stable
-permutation: the pair p = t*K + k goes to row offsets[e] + (pairs before p with expert e).
-gather_kernel: rows[r] = x[order[r] // K]. inverse_kernel: inverse[order[r]] = r (for combine).
-bucket_kernel and align_kernel lay rows out for the MoE GEMM (..launch.moe_align); the order of rows inside
-an expert's slots is arbitrary (atomics), and results do not depend on it."""
+"""Dispatch and combine, forward and backward (K top-k, R = T*K pairs, E experts, H hidden; sums in float32):
+dispatch_kernel sorts pairs by expert stably, bucket_kernel places rows for the MoE GEMM in any order within an
+expert (atomics; results do not depend on it), combine_kernel sums each token's k rows in order."""
 
 import triton
 import triton.language as tl
@@ -71,3 +67,35 @@ def align_kernel(counts_ptr, cursor_ptr, block_expert_ptr, NUM_BLOCKS, E: tl.con
         b = b0 + tl.arange(0, BLOCK_B)
         expert = tl.sum(tl.where(ends_E[None, :] <= b[:, None], 1, 0), axis=1)
         tl.store(block_expert_ptr + b, tl.where(b < total, expert, -1), mask=b < NUM_BLOCKS)
+
+
+@triton.jit
+def combine_kernel(y_ptr, inverse_ptr, w_ptr, out_ptr, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = h < H
+    acc_H = tl.full([BLOCK_H], 0, dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        r = tl.load(inverse_ptr + t * TOP_K + k)
+        w = tl.load(w_ptr + t * TOP_K + k).to(tl.float32)
+        y_H = tl.load(y_ptr + r * H + h, mask=h_ok, other=0.0).to(tl.float32)
+        acc_H = acc_H + y_H * w
+    tl.store(out_ptr + t * H + h, acc_H.to(out_ptr.dtype.element_ty), mask=h_ok)
+
+
+@triton.jit
+def combine_bwd_kernel(y_ptr, order_ptr, w_ptr, dout_ptr, dy_ptr, dw_ptr, H, TOP_K: tl.constexpr,
+                       BLOCK_H: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    p = tl.load(order_ptr + r)
+    t = p // TOP_K
+    w = tl.load(w_ptr + p).to(tl.float32)
+    dot_H = tl.full([BLOCK_H], 0, dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < H
+        g_H = tl.load(dout_ptr + t * H + h, mask=h_ok, other=0.0).to(tl.float32)
+        y_H = tl.load(y_ptr + r * H + h, mask=h_ok, other=0.0).to(tl.float32)
+        tl.store(dy_ptr + r * H + h, (g_H * w).to(dy_ptr.dtype.element_ty), mask=h_ok)
+        dot_H += g_H * y_H
+    tl.store(dw_ptr + p, tl.sum(dot_H, axis=0).to(dw_ptr.dtype.element_ty))
