@@ -1,7 +1,6 @@
 """IR nodes -> steps, one per node (or fused pair). A step names its kernels (CPU or GPU flavour), a JSON-able
 spec that keys the compile cache, run(call, *args) on torch tensors, which calls kernels through
-`call(name, *tensors)` (the CPU's DLPack or OpenCL launcher), and each kernel's GPU launch shape.
-T tokens, H hidden, E experts, K top-k, R = T*K rows, N out-features."""
+`call(name, *tensors)` (the CPU's DLPack or OpenCL launcher), and each kernel's GPU launch shape."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 
 from ...ir import IRError, Node
 from ...ir.rewrites import swiglu_epilogues
-from .kernels import THREADS, attention, dense, loss, moe
+from .kernels import THREADS, attention, dense, loss, moe, te_kernel
 from .kernels.gemm import CpuTile, GpuTile, gmm_cpu, gmm_gpu
 
 
@@ -28,14 +27,6 @@ class Step:
     tile: object = None
 
 
-def step(op: str, node: Node, spec: dict, kernels: Callable[[bool], dict], run, launch: dict) -> Step:
-    """A one-node step whose kernels are TVMScript (no alias between buffers)."""
-    def built(gpu, target):
-        return {name: f.with_attr("tirx.noalias", True) for name, f in kernels(gpu).items()}
-
-    return Step(op, [node], {"op": op, **spec}, built, run, launch)
-
-
 def flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
 
@@ -44,14 +35,9 @@ def empty(*shape: int, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def per_row(size: str):
-    """GPU launch of each_row over sizes[size] rows."""
-    return lambda s: ((-(-s[size] // THREADS),), (THREADS,))
-
-
-def per_block(size: str):
-    """GPU launch of each_element: one block per row."""
-    return lambda s: ((s[size],), (THREADS,))
+def threads(n: int) -> tuple:
+    """The GPU launch of n threads in blocks of THREADS (each_row, te_kernel)."""
+    return (-(-n // THREADS),), (THREADS,)
 
 
 def check_range(t: torch.Tensor, high: int, what: str, node: Node):
@@ -74,14 +60,13 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
     edge = tile.edge if isinstance(tile, GpuTile) else 0
 
     def kernels(gpu, target):
-        return {"gmm": (gmm_gpu if gpu else gmm_cpu)(E, N, K, tile, swiglu).with_attr("tirx.noalias", True)}
+        return {"gmm": (gmm_gpu if gpu else gmm_cpu)(E, N, K, tile, swiglu)}
 
     def run(call, x, w, offsets, b=None):
-        x2 = flat(x)
+        x2, nb = flat(x), 0 if edge else tile.fit(F).NB
         check_offsets(offsets, x2.shape[0], E, nodes[0].name if nodes else op)
         y = empty(x2.shape[0], F)
-        call("gmm", x2, call.weight(w, E, 0 if edge else tile.fit(F).NB), offsets, torch.zeros(N) if b is None else b,
-             y)
+        call("gmm", x2, call.weight(w, E, nb), offsets, torch.zeros(N) if b is None else b, y)
         return [y.reshape(*x.shape[:-1], F)]
 
     launch = {"gmm": lambda s: ((s["R"] // edge + E, -(-F // edge)), (edge, edge))} if edge else {}
@@ -91,8 +76,7 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
 
 def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str) -> Step:
     """The grouped GEMM with one expert, all the rows its one segment."""
-    bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    gmm = gmm_step("linear", [node], 1, N, K, tile, tuning, False, bias)
+    gmm = gmm_step("linear", [node], 1, N, K, tile, tuning, False, len(node.inputs) > 2 and node.inputs[2] is not None)
     gmm_run = gmm.run
     gmm.run = lambda call, x, w, b=None: gmm_run(call, x, w, torch.tensor([0, x.numel() // K]), b)
     return gmm
@@ -100,67 +84,67 @@ def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str
 
 def router_step(node: Node, H: int, E: int, tile: CpuTile | GpuTile) -> Step:
     a = node.attrs
-    K = a["top_k"]
-    logits_step = linear_step(node, E, H, tile, "n/a")
+    K, logits_step = a["top_k"], linear_step(node, E, H, tile, "n/a")
 
-    def kernels(gpu):
+    def kernels(gpu, target):
         sel = moe.router_select(E, K, a["scoring"], a["num_groups"], a["top_groups"], a["group_score"],
                                 a["normalize"], a["scaling"], gpu)
-        return {**logits_step.kernels(gpu, None), "select": sel}
+        return {**logits_step.kernels(gpu, target), "select": sel}
 
     def run(call, x, w, bias=None, score_bias=None):
         (logits,) = logits_step.run(call, flat(x), w, bias)
-        T = logits.shape[0]
+        T = len(logits)
         weights, indices = empty(T, K), empty(T, K, dtype=torch.int64)
         call("select", logits, torch.zeros(E) if score_bias is None else score_bias.float(), weights, indices,
              empty(T, E), empty(T, E))
         lead = x.shape[:-1]
         return [weights.reshape(*lead, K), indices.reshape(*lead, K), logits.reshape(*lead, E)]
 
-    launch = {**logits_step.launch, "select": per_row("n")}
-    return step("router", node, {"H": H, "E": E, "tile": tile.__dict__, **a}, kernels, run, launch)
+    launch = {**logits_step.launch, "select": lambda s: threads(s["n"])}
+    return Step("router", [node], {"op": "router", "H": H, "E": E, "tile": tile.__dict__, **a}, kernels, run, launch)
 
 
 def dispatch_step(node: Node, H: int, E: int, K: int) -> Step:
+    def kernels(gpu, target):
+        return {"sort": moe.dispatch_sort(E, gpu), "gather": te_kernel(moe.gather_rows(H, K), gpu)}
+
     def run(call, x, indices):
         flat_R = indices.reshape(-1).contiguous()
         check_range(flat_R, E, "expert index", node)
-        offsets, order = empty(E + 1, dtype=torch.int64), empty(flat_R.shape[0], dtype=torch.int64)
+        offsets, order = empty(E + 1, dtype=torch.int64), empty(len(flat_R), dtype=torch.int64)
         call("sort", flat_R, offsets, order)
-        rows = empty(flat_R.shape[0], H)
+        rows = empty(len(flat_R), H)
         call("gather", flat(x), order, rows)
         return [rows, offsets, order]
 
-    def kernels(gpu):
-        return {"sort": moe.dispatch_sort(E, gpu), "gather": moe.gather_rows(H, K, gpu)}
-
-    launch = {"sort": lambda s: ((-(-E // THREADS),), (THREADS,)), "gather": per_row("R")}
-    return step("dispatch", node, {"H": H, "E": E, "K": K}, kernels, run, launch)
+    launch = {"sort": lambda s: threads(E), "gather": lambda s: threads(s["R"] * H)}
+    return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run, launch)
 
 
 def swiglu_step(node: Node, F: int) -> Step:
     def run(call, x):
-        y = empty(flat(x).shape[0], F)
+        y = empty(len(flat(x)), F)
         call("swiglu", flat(x), y)
         return [y.reshape(*x.shape[:-1], F)]
 
-    return step("swiglu", node, {"F": F}, lambda gpu: {"swiglu": moe.swiglu(F, gpu)}, run,
-                {"swiglu": per_block("n")})
+    return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu, target: {"swiglu": te_kernel(
+        moe.swiglu(F), gpu)}, run, {"swiglu": lambda s: threads(s["n"] * F)})
 
 
 def combine_step(node: Node, K: int, H: int) -> Step:
+    def kernels(gpu, target):
+        return {"invert": moe.inverse_order(gpu), "combine": te_kernel(moe.combine(K, H), gpu)}
+
     def run(call, y, order, weights):
         inverse = torch.empty_like(order)
         call("invert", order.contiguous(), inverse)
         w2 = weights.reshape(-1, K).float().contiguous()
-        out = empty(w2.shape[0], H)
+        out = empty(len(w2), H)
         call("combine", y.contiguous(), inverse, w2, out)
         return [out.reshape(*weights.shape[:-1], H)]
 
-    def kernels(gpu):
-        return {"invert": moe.inverse_order(gpu), "combine": moe.combine(K, H, gpu)}
-
-    return step("combine", node, {"K": K, "H": H}, kernels, run, {"invert": per_row("R"), "combine": per_block("n")})
+    launch = {"invert": lambda s: threads(s["R"]), "combine": lambda s: threads(s["n"] * H)}
+    return Step("combine", [node], {"op": "combine", "K": K, "H": H}, kernels, run, launch)
 
 
 def attention_step(node: Node) -> Step:
@@ -168,7 +152,7 @@ def attention_step(node: Node) -> Step:
     N, KV, D, theta, eps = a["num_heads"], a["num_kv_heads"], a["head_dim"], a["rope_theta"], a["eps"]
     q_norm, k_norm = (len(node.inputs) > i and node.inputs[i] is not None for i in (3, 4))
 
-    def kernels(gpu):
+    def kernels(gpu, target):
         return {"prep_q": attention.prep(N, D, theta, eps, q_norm, gpu),
                 "prep_k": attention.prep(KV, D, theta, eps, k_norm, gpu),
                 "attend": attention.attend(N, KV, D, a["causal"], gpu)}
@@ -187,11 +171,15 @@ def attention_step(node: Node) -> Step:
         return lambda s: ((-(-s["seq"] // THREADS), s["batch"] * heads), (THREADS, 1))
 
     launch = {"prep_q": rows(N), "prep_k": rows(KV), "attend": rows(N)}
-    return step("attention", node, {"q_norm": q_norm, "k_norm": k_norm, **a}, kernels, run, launch)
+    return Step("attention", [node], {"op": "attention", "q_norm": q_norm, "k_norm": k_norm, **a}, kernels, run,
+                launch)
 
 
 def cross_entropy_step(node: Node, V: int) -> Step:
     ignore = node.attrs["ignore_index"]
+
+    def kernels(gpu, target):
+        return {"rows": loss.rows(V, ignore, gpu), "mean": loss.mean(gpu)}
 
     def run(call, logits, targets):
         t = targets.reshape(-1).contiguous()
@@ -199,16 +187,14 @@ def cross_entropy_step(node: Node, V: int) -> Step:
         if bad.any():
             raise IRError(f"target {t[bad][0].item()} out of range [0, {V}) and not ignore_index={ignore}",
                           node=node.name, op="cross_entropy")
-        parts, mean = empty(t.shape[0], 2), empty(1)
+        parts, mean = empty(len(t), 2), empty(1)
         call("rows", logits.reshape(-1, V).float().contiguous(), t, parts)
         call("mean", parts, mean)
         return [mean.reshape(())]
 
-    def kernels(gpu):
-        return {"rows": loss.rows(V, ignore, gpu), "mean": loss.mean(gpu)}
-
-    launch = {"rows": per_row("n"), "mean": lambda s: ((1,), (THREADS,))}
-    return step("cross_entropy", node, {"V": V, "ignore_index": ignore}, kernels, run, launch)
+    launch = {"rows": lambda s: threads(s["n"]), "mean": lambda s: threads(1)}
+    return Step("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore}, kernels, run,
+                launch)
 
 
 def dense_step(node: Node, types: dict) -> Step:
@@ -229,7 +215,7 @@ def dense_step(node: Node, types: dict) -> Step:
         return [y]
 
     def kernels(gpu, target):
-        return {"main": dense.prim_func(node.op, node.attrs, in_shapes, out_shape, gpu, target)}
+        return {"main": te_kernel(dense.BUILD[node.op](node.attrs, in_shapes, out_shape), gpu)}
 
     return Step(node.op, [node], {"op": node.op, "in": in_shapes, "out": out_shape, **node.attrs}, kernels, run)
 
@@ -238,15 +224,13 @@ def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | G
          skip=frozenset()) -> list[Step]:
     """One step per node not in skip; a grouped_matmul feeding only a swiglu takes it as its epilogue.
     tile_for(op, E, N, K, swiglu) gives the GEMM's tile and where it came from."""
-    types = graph.types()
-    epilogues = swiglu_epilogues(graph)
-    done: set[str] = set(skip)
-    steps = []
+    types, epilogues = graph.types(), swiglu_epilogues(graph)
+    done, steps = set(skip), []
     for node in graph.nodes:
         if node.name in done:
             continue
-        shape = [types[i].shape if i is not None else None for i in node.inputs]
-        out = types[node.outputs[0].name].shape
+        shape = [None if i is None else types[i].shape for i in node.inputs]
+        out = node.outputs[0].type.shape
         if node.op == "grouped_matmul":
             E, N, K = shape[1]
             swi = node.name in epilogues

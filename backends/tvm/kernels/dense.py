@@ -1,13 +1,11 @@
-"""The dense ops as TE computes, scheduled for the CPU (each block's outer loop parallel) or a GPU (dlight's
-fallback rule). A symbolic IR dim ('tokens', 'batch*seq') becomes one int64 variable per distinct name."""
+"""The dense ops as TE computes: BUILD[op](attrs, input shapes, output shape) -> tensors, inputs then output.
+A symbolic IR dim ('tokens', 'batch*seq') becomes one int64 variable per distinct name."""
 
 from __future__ import annotations
 
 import operator
 
-import tvm
-
-te, topi = tvm.te, tvm.topi
+from tvm import te, topi
 
 
 def dims(shape, names: dict) -> list:
@@ -67,16 +65,3 @@ BUILD = {
     "softmax": lambda a, ins, out: softmax(ins[0], a["axis"]),
     "embedding": lambda a, ins, out: embedding(ins[0], *ins[1]),
 }
-
-
-def prim_func(op: str, attrs: dict, in_shapes: list, out_shape, gpu: bool, target) -> tvm.tirx.PrimFunc:
-    func = te.create_prim_func(BUILD[op](attrs, in_shapes, out_shape)).with_attr("global_symbol", "main")
-    if gpu:
-        with target:
-            mod = tvm.s_tir.dlight.ApplyDefaultSchedule(tvm.s_tir.dlight.gpu.Fallback())(tvm.IRModule({"main": func}))
-        return mod["main"]
-    sch = tvm.s_tir.Schedule(func)
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get_loops(block):
-            sch.parallel(sch.get_loops(block)[0])
-    return sch.mod["main"]

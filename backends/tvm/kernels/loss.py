@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from . import each_row, sym
+from . import each_row, script, sym
 
 
 def rows(V: int, ignore: int, gpu: bool):
@@ -31,7 +31,7 @@ def rows(V: int, ignore: int, gpu: bool):
     def kernel(L: T.Buffer((n, V), "float32"), Tg: T.Buffer((n,), "int64"), Out: T.Buffer((n, 2), "float32")):
         each_row(n, gpu, body, L, Tg, Out)
 
-    return kernel
+    return script(kernel)
 
 
 def mean(gpu: bool):
@@ -51,4 +51,4 @@ def mean(gpu: bool):
     def kernel(P: T.Buffer((n, 2), "float32"), Y: T.Buffer((1,), "float32")):
         each_row(1, gpu, body, P, Y)
 
-    return kernel
+    return script(kernel)

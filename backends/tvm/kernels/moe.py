@@ -7,9 +7,10 @@ miscompiles those)."""
 
 from __future__ import annotations
 
+from tvm import te
 from tvm.script import tirx as T
 
-from . import each_element, each_row, sym
+from . import each_row, script, sym
 
 
 def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: str, normalize: bool,
@@ -112,7 +113,7 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
                Idx: T.Buffer((n, K), "int64"), S: T.Buffer((n, E), "float32"), Q: T.Buffer((n, E), "float32")):
         each_row(n, gpu, body, L, SB, W, Idx, S, Q)
 
-    return select
+    return script(select)
 
 
 def dispatch_sort(E: int, gpu: bool):
@@ -139,23 +140,7 @@ def dispatch_sort(E: int, gpu: bool):
     def sort(Idx: T.Buffer((R,), "int64"), Off: T.Buffer((E + 1,), "int64"), P: T.Buffer((R,), "int64")):
         each_row(E, gpu, body, Idx, Off, P)
 
-    return sort
-
-
-def gather_rows(H: int, K: int, gpu: bool):
-    """rows[r] = x[order[r] // K]."""
-    n, R = sym("n", "R")
-
-    @T.macro
-    def body(r, X, P, Y):
-        for h in range(H):
-            Y[r, h] = X[P[r] // K, h]
-
-    @T.prim_func
-    def gather(X: T.Buffer((n, H), "float32"), P: T.Buffer((R,), "int64"), Y: T.Buffer((R, H), "float32")):
-        each_row(R, gpu, body, X, P, Y)
-
-    return gather
+    return script(sort)
 
 
 def inverse_order(gpu: bool):
@@ -170,39 +155,26 @@ def inverse_order(gpu: bool):
     def invert(P: T.Buffer((R,), "int64"), V: T.Buffer((R,), "int64")):
         each_row(R, gpu, body, P, V)
 
-    return invert
+    return script(invert)
 
 
-def combine(K: int, H: int, gpu: bool):
+def gather_rows(H: int, K: int) -> list:
+    """rows[r] = x[order[r] // K]."""
+    n, R = sym("n", "R")
+    X, P = te.placeholder((n, H), name="X"), te.placeholder((R,), "int64", "P")
+    return [X, P, te.compute((R, H), lambda r, h: X[P[r] // K, h], "Y")]
+
+
+def combine(K: int, H: int) -> list:
     """out[t] = sum over k = 0..K-1, in order, of weights[t, k] * y[inverse[t*K + k]]."""
     n, R = sym("n", "R")
-
-    @T.macro
-    def body(t, h, Y, V, W, Out):
-        acc = T.alloc_buffer((1,), "float32", scope="local")
-        acc[0] = Y[V[t * K], h] * W[t, 0]
-        for k in range(1, K):
-            acc[0] = acc[0] + Y[V[t * K + k], h] * W[t, k]
-        Out[t, h] = acc[0]
-
-    @T.prim_func
-    def comb(Y: T.Buffer((R, H), "float32"), V: T.Buffer((R,), "int64"), W: T.Buffer((n, K), "float32"),
-             Out: T.Buffer((n, H), "float32")):
-        each_element(n, H, gpu, body, Y, V, W, Out)
-
-    return comb
+    Y, V, W = te.placeholder((R, H), name="Y"), te.placeholder((R,), "int64", "V"), te.placeholder((n, K), name="W")
+    k = te.reduce_axis((0, K), "k")
+    return [Y, V, W, te.compute((n, H), lambda t, h: te.sum(Y[V[t * K + k], h] * W[t, k], axis=k), "Out")]
 
 
-def swiglu(F: int, gpu: bool):
+def swiglu(F: int) -> list:
     """y[r, f] = silu(x[r, f]) * x[r, F + f]."""
     (n,) = sym("n")
-
-    @T.macro
-    def body(r, f, X, Y):
-        Y[r, f] = X[r, f] / (T.float32(1) + T.exp(-X[r, f])) * X[r, F + f]
-
-    @T.prim_func
-    def swi(X: T.Buffer((n, 2 * F), "float32"), Y: T.Buffer((n, F), "float32")):
-        each_element(n, F, gpu, body, X, Y)
-
-    return swi
+    X = te.placeholder((n, 2 * F), name="X")
+    return [X, te.compute((n, F), lambda r, f: X[r, f] / (1 + te.exp(-X[r, f])) * X[r, F + f], "Y")]
