@@ -36,7 +36,7 @@ def empty(*shape: int, dtype=torch.float32) -> torch.Tensor:
 
 
 def threads(n: int) -> tuple:
-    """The GPU launch of n threads in blocks of THREADS (each_row, te_kernel)."""
+    """The GPU launch of each_row over n rows."""
     return (-(-n // THREADS),), (THREADS,)
 
 
@@ -117,7 +117,7 @@ def dispatch_step(node: Node, H: int, E: int, K: int) -> Step:
         call("gather", flat(x), order, rows)
         return [rows, offsets, order]
 
-    launch = {"sort": lambda s: threads(E), "gather": lambda s: threads(s["R"] * H)}
+    launch = {"sort": lambda s: threads(E), "gather": lambda s: ((s["R"],), (THREADS,))}
     return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run, launch)
 
 
@@ -128,7 +128,7 @@ def swiglu_step(node: Node, F: int) -> Step:
         return [y.reshape(*x.shape[:-1], F)]
 
     return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu, target: {"swiglu": te_kernel(
-        moe.swiglu(F), gpu)}, run, {"swiglu": lambda s: threads(s["n"] * F)})
+        moe.swiglu(F), gpu)}, run, {"swiglu": lambda s: ((s["n"],), (THREADS,))})
 
 
 def combine_step(node: Node, K: int, H: int) -> Step:
@@ -143,7 +143,7 @@ def combine_step(node: Node, K: int, H: int) -> Step:
         call("combine", y.contiguous(), inverse, w2, out)
         return [out.reshape(*weights.shape[:-1], H)]
 
-    launch = {"invert": lambda s: threads(s["R"]), "combine": lambda s: threads(s["n"] * H)}
+    launch = {"invert": lambda s: threads(s["R"]), "combine": lambda s: ((s["n"],), (THREADS,))}
     return Step("combine", [node], {"op": "combine", "K": K, "H": H}, kernels, run, launch)
 
 

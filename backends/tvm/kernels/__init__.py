@@ -33,16 +33,19 @@ def each_row(n, gpu, body, *args):
 
 
 def te_kernel(tensors: list, gpu: bool) -> tirx.PrimFunc:
-    """TE tensors (inputs, then the output) as a PrimFunc; each stage's outer loop runs in parallel on the CPU,
-    and on a GPU its spatial loops fuse into one thread per element (reductions stay inside the thread)."""
+    """TE tensors (inputs, then the output) as a PrimFunc; each stage's outer loop runs in parallel on the CPU.
+    On a GPU one block per row (its leading spatial loops), THREADS threads over the last; reductions stay in
+    the thread. Fused loop extents would become host-computed kernel arguments, so only the grid fuses."""
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)
-        spatial = [loop for loop, v in zip(loops, sch.get(block).iter_vars) if v.iter_type == 0]
-        if gpu:
-            bx, tx = sch.split(sch.fuse(*spatial), [None, THREADS])
-            sch.bind(bx, "blockIdx.x")
-            sch.bind(tx, "threadIdx.x")
-        elif loops:
+        if not gpu:
             sch.parallel(loops[0])
+            continue
+        *rows, cols = [loop for loop, v in zip(loops, sch.get(block).iter_vars) if v.iter_type == 0]
+        c0, tx = sch.split(cols, [None, THREADS])
+        sch.reorder(tx, c0)
+        sch.bind(tx, "threadIdx.x")
+        if rows:
+            sch.bind(sch.fuse(*rows), "blockIdx.x")
     return sch.mod["main"]
