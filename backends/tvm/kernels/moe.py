@@ -34,20 +34,16 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
         out_idx[slot] = bi[0]
 
     @T.macro
-    def score(t, L, s, red):
-        if scoring == "softmax":
-            red[0] = L[t, 0]
-            for e in range(1, E):
-                red[0] = T.max(red[0], L[t, e])
-            red[1] = T.float32(0)
-            for e in range(E):
-                s[t, e] = T.exp(L[t, e] - red[0])
-                red[1] = red[1] + s[t, e]
-            for e in range(E):
-                s[t, e] = s[t, e] / red[1]
-        else:
-            for e in range(E):
-                s[t, e] = T.sigmoid(L[t, e]) if scoring == "sigmoid" else L[t, e]
+    def softmax(src, dst, t, count, red):
+        red[0] = src[t, 0]
+        for i in range(1, count):
+            red[0] = T.max(red[0], src[t, i])
+        red[1] = T.float32(0)
+        for i in range(count):
+            dst[t, i] = T.exp(src[t, i] - red[0])
+            red[1] = red[1] + dst[t, i]
+        for i in range(count):
+            dst[t, i] = dst[t, i] / red[1]
 
     @T.macro
     def keep_top_groups(t, sel, red, picked):
@@ -71,42 +67,31 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
                 sel[t, e] = neg
 
     @T.macro
-    def weigh(t, s, W, picked, red):
-        if scoring == "softmax_topk":
-            red[0] = s[t, picked[0]]
-            for k in range(1, K):
-                red[0] = T.max(red[0], s[t, picked[k]])
-            red[1] = T.float32(0)
-            for k in range(K):
-                red[1] = red[1] + T.exp(s[t, picked[k]] - red[0])
-            for k in range(K):
-                W[t, k] = T.exp(s[t, picked[k]] - red[0]) / red[1] * T.float32(scaling)
-        else:
-            red[1] = T.float32(0)
-            for k in range(K):
-                red[1] = red[1] + s[t, picked[k]]
-            for k in range(K):
-                if normalize:
-                    W[t, k] = s[t, picked[k]] / (red[1] + T.float32(1e-20)) * T.float32(scaling)
-                else:
-                    W[t, k] = s[t, picked[k]] * T.float32(scaling)
-
-    @T.macro
     def body(t, L, SB, W, Idx, s, sel):
         taken = T.alloc_buffer((E,), "int32", scope="local")
         picked = T.alloc_buffer((E,), "int32", scope="local")
         red = T.alloc_buffer((2,), "float32", scope="local")
-        score(t, L, s, red)
+        if scoring == "softmax":
+            softmax(L, s, t, E, red)
         for e in range(E):
+            if scoring != "softmax":
+                s[t, e] = T.sigmoid(L[t, e]) if scoring == "sigmoid" else L[t, e]
             sel[t, e] = s[t, e] + SB[e]
             taken[e] = 0
         if G > 1:
             keep_top_groups(t, sel, red, picked)
+        red[1] = T.float32(0)
         for k in range(K):
             pick(sel, t, taken, E, picked, k)
-        weigh(t, s, W, picked, red)
-        for k in range(K):
             Idx[t, k] = T.Cast("int64", picked[k])
+            W[t, k] = s[t, picked[k]]
+            red[1] = red[1] + W[t, k]
+        if scoring == "softmax_topk":
+            softmax(W, W, t, K, red)
+        for k in range(K):
+            if normalize and scoring != "softmax_topk":
+                W[t, k] = W[t, k] / (red[1] + T.float32(1e-20))
+            W[t, k] = W[t, k] * T.float32(scaling)
 
     @T.prim_func
     def select(L: T.Buffer((n, E), "float32"), SB: T.Buffer((E,), "float32"), W: T.Buffer((n, K), "float32"),
