@@ -178,9 +178,6 @@ def attention_step(node: Node) -> Step:
 def cross_entropy_step(node: Node, V: int) -> Step:
     ignore = node.attrs["ignore_index"]
 
-    def kernels(gpu, target):
-        return {"rows": loss.rows(V, ignore, gpu), "mean": loss.mean(gpu)}
-
     def run(call, logits, targets):
         t = targets.reshape(-1).contiguous()
         bad = (t != ignore) & ((t < 0) | (t >= V))
@@ -193,8 +190,8 @@ def cross_entropy_step(node: Node, V: int) -> Step:
         return [mean.reshape(())]
 
     launch = {"rows": lambda s: threads(s["n"]), "mean": lambda s: threads(1)}
-    return Step("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore}, kernels, run,
-                launch)
+    return Step("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore},
+                lambda gpu, target: loss.cross_entropy(V, ignore, gpu), run, launch)
 
 
 def dense_step(node: Node, types: dict) -> Step:

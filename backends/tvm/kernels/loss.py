@@ -9,11 +9,11 @@ from tvm.script import tirx as T
 from . import each_row, script, sym
 
 
-def rows(V: int, ignore: int, gpu: bool):
-    (n,) = sym("n")
+def cross_entropy(V: int, ignore: int, gpu: bool) -> dict:
+    n, m = sym("n", "n")
 
     @T.macro
-    def body(t, L, Tg, Out):
+    def row(t, L, Tg, Out):
         r = T.alloc_buffer((2,), "float32", scope="local")     # max, sum of exp
         Out[t, 0] = T.float32(0)
         Out[t, 1] = T.float32(0)
@@ -27,28 +27,22 @@ def rows(V: int, ignore: int, gpu: bool):
             Out[t, 0] = T.log(r[1]) + r[0] - L[t, Tg[t]]
             Out[t, 1] = T.float32(1)
 
-    @T.prim_func
-    def kernel(L: T.Buffer((n, V), "float32"), Tg: T.Buffer((n,), "int64"), Out: T.Buffer((n, 2), "float32")):
-        each_row(n, gpu, body, L, Tg, Out)
-
-    return script(kernel)
-
-
-def mean(gpu: bool):
-    (n,) = sym("n")
-
     @T.macro
-    def body(_row, P, Y):
+    def total(_row, P, Y):
         acc = T.alloc_buffer((2,), "float32", scope="local")
         acc[0] = T.float32(0)
         acc[1] = T.float32(0)
-        for t in range(n):
+        for t in range(m):
             acc[0] = acc[0] + P[t, 0]
             acc[1] = acc[1] + P[t, 1]
         Y[0] = acc[0] / acc[1]
 
     @T.prim_func
-    def kernel(P: T.Buffer((n, 2), "float32"), Y: T.Buffer((1,), "float32")):
-        each_row(1, gpu, body, P, Y)
+    def rows(L: T.Buffer((n, V), "float32"), Tg: T.Buffer((n,), "int64"), Out: T.Buffer((n, 2), "float32")):
+        each_row(n, gpu, row, L, Tg, Out)
 
-    return script(kernel)
+    @T.prim_func
+    def mean(P: T.Buffer((m, 2), "float32"), Y: T.Buffer((1,), "float32")):
+        each_row(1, gpu, total, P, Y)
+
+    return {"rows": script(rows), "mean": script(mean)}
