@@ -196,7 +196,6 @@ def cross_entropy_step(node: Node, V: int) -> Step:
 
 def dense_step(node: Node, types: dict) -> Step:
     in_shapes = [list(types[i].shape) for i in node.inputs if i is not None]
-    out_shape = list(node.outputs[0].type.shape)
 
     def run(call, *args):
         args = [a.contiguous() for a in args if a is not None]
@@ -212,9 +211,9 @@ def dense_step(node: Node, types: dict) -> Step:
         return [y]
 
     def kernels(gpu, target):
-        return {"main": te_kernel(dense.BUILD[node.op](node.attrs, in_shapes, out_shape), gpu)}
+        return {"main": te_kernel(dense.BUILD[node.op](node.attrs, in_shapes), gpu)}
 
-    return Step(node.op, [node], {"op": node.op, "in": in_shapes, "out": out_shape, **node.attrs}, kernels, run)
+    return Step(node.op, [node], {"op": node.op, "in": in_shapes, **node.attrs}, kernels, run)
 
 
 def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | GpuTile, str]],

@@ -1,34 +1,22 @@
-"""The dense ops as TE computes: BUILD[op](attrs, input shapes, output shape) -> tensors, inputs then output.
-A symbolic IR dim ('tokens', 'batch*seq') becomes one int64 variable per distinct name."""
+"""The dense ops as TE computes: BUILD[op](attrs, input shapes) -> tensors, inputs then output. A symbolic
+IR dim ('tokens', 'batch*seq') becomes one int64 variable per distinct name."""
 
 from __future__ import annotations
-
-import operator
 
 from tvm import te, topi
 
 
-def dims(shape, names: dict) -> list:
-    return [d if isinstance(d, int) else names.setdefault(d, te.var(d.replace("*", "_"), "int64")) for d in shape]
+def inputs(*shapes, dtypes=("float32", "float32")) -> list:
+    names: dict = {}
+
+    def dim(d):
+        return d if isinstance(d, int) else names.setdefault(d, te.var(d.replace("*", "_"), "int64"))
+
+    return [te.placeholder([dim(d) for d in shape], dtype) for shape, dtype in zip(shapes, dtypes)]
 
 
-def placeholder(shape, names: dict, name: str, dtype: str = "float32"):
-    return te.placeholder(dims(shape, names), dtype, name)
-
-
-def binary(fn, a_shape, b_shape, out_shape):
-    names = {}
-    a, b = placeholder(a_shape, names, "a"), placeholder(b_shape, names, "b")
-
-    def at(x, shape, i):        # x broadcast to out_shape from the right
-        lead = len(out_shape) - len(shape)
-        return x(*[0 if d == 1 and o != 1 else j for d, o, j in zip(shape, out_shape[lead:], i[lead:])])
-
-    return [a, b, te.compute(dims(out_shape, names), lambda *i: fn(at(a, a_shape, i), at(b, b_shape, i)), "y")]
-
-
-def unary(fn, shape):
-    x = placeholder(shape, {}, "x")
+def unary(fn, shape) -> list:
+    (x,) = inputs(shape)
     return [x, te.compute(x.shape, lambda *i: fn(x(*i)), "y")]
 
 
@@ -38,30 +26,23 @@ def gelu(v, approximate: str):
     return 0.5 * v * (1.0 + te.erf(v * 0.7071067811865476))
 
 
-def rms_norm(shape, eps: float):
-    x, w = placeholder(shape, {}, "x"), te.placeholder((shape[-1],), "float32", "w")
-    k = te.reduce_axis((0, shape[-1]), "k")
-    ss = te.compute(x.shape[:-1], lambda *i: te.sum(x(*i, k) * x(*i, k), axis=k), "ss")
-    return [x, w, te.compute(x.shape, lambda *i: w[i[-1]] * (x(*i) * te.rsqrt(ss(*i[:-1]) / shape[-1] + eps)), "y")]
+def embedding(ids_shape, table_shape) -> list:
+    ids, w = inputs(ids_shape, table_shape, dtypes=("int64", "float32"))
+    return [ids, w, te.compute((*ids.shape, w.shape[1]), lambda *i: w[ids(*i[:-1]), i[-1]], "y")]
 
 
-def softmax(shape, axis: int):
-    x = placeholder(shape, {}, "x")
-    return [x, topi.nn.softmax(x, axis=axis)]
-
-
-def embedding(ids_shape, vocab: int, width: int):
-    ids, w = placeholder(ids_shape, {}, "ids", "int64"), te.placeholder((vocab, width), "float32", "w")
-    return [ids, w, te.compute((*ids.shape, width), lambda *i: w[ids(*i[:-1]), i[-1]], "y")]
+def apply(fn, *shapes) -> list:
+    tensors = inputs(*shapes)
+    return [*tensors, fn(*tensors)]
 
 
 BUILD = {
-    "add": lambda a, ins, out: binary(operator.add, *ins, out),
-    "mul": lambda a, ins, out: binary(operator.mul, *ins, out),
-    "silu": lambda a, ins, out: unary(lambda v: v * te.sigmoid(v), ins[0]),
-    "sigmoid": lambda a, ins, out: unary(te.sigmoid, ins[0]),
-    "gelu": lambda a, ins, out: unary(lambda v: gelu(v, a["approximate"]), ins[0]),
-    "rms_norm": lambda a, ins, out: rms_norm(ins[0], a["eps"]),
-    "softmax": lambda a, ins, out: softmax(ins[0], a["axis"]),
-    "embedding": lambda a, ins, out: embedding(ins[0], *ins[1]),
+    "add": lambda a, ins: apply(topi.add, *ins),
+    "mul": lambda a, ins: apply(topi.multiply, *ins),
+    "silu": lambda a, ins: unary(lambda v: v * te.sigmoid(v), ins[0]),
+    "sigmoid": lambda a, ins: unary(te.sigmoid, ins[0]),
+    "gelu": lambda a, ins: unary(lambda v: gelu(v, a["approximate"]), ins[0]),
+    "rms_norm": lambda a, ins: apply(lambda x, w: topi.nn.rms_norm(x, w, [-1], a["eps"]), *ins),
+    "softmax": lambda a, ins: apply(lambda x: topi.nn.softmax(x, axis=a["axis"]), ins[0]),
+    "embedding": lambda a, ins: embedding(*ins),
 }
