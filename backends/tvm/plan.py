@@ -82,7 +82,7 @@ def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str
     return gmm
 
 
-def router_step(node: Node, H: int, E: int, tile: CpuTile | GpuTile) -> Step:
+def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile, _tuning: str) -> Step:
     a = node.attrs
     K, logits_step = a["top_k"], linear_step(node, E, H, tile, "n/a")
 
@@ -104,7 +104,9 @@ def router_step(node: Node, H: int, E: int, tile: CpuTile | GpuTile) -> Step:
     return Step("router", [node], {"op": "router", "H": H, "E": E, "tile": tile.__dict__, **a}, kernels, run, launch)
 
 
-def dispatch_step(node: Node, H: int, E: int, K: int) -> Step:
+def dispatch_step(node: Node, shapes: list) -> Step:
+    H, E, K = shapes[0][-1], node.attrs["num_experts"], shapes[1][-1]
+
     def kernels(gpu, target):
         return {"sort": moe.dispatch_sort(E, gpu), "gather": te_kernel(moe.gather_rows(H, K), gpu)}
 
@@ -121,7 +123,9 @@ def dispatch_step(node: Node, H: int, E: int, K: int) -> Step:
     return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run, launch)
 
 
-def swiglu_step(node: Node, F: int) -> Step:
+def swiglu_step(node: Node, shapes: list) -> Step:
+    F = shapes[0][-1] // 2
+
     def run(call, x):
         y = empty(len(flat(x)), F)
         call("swiglu", flat(x), y)
@@ -131,7 +135,9 @@ def swiglu_step(node: Node, F: int) -> Step:
         moe.swiglu(F), gpu)}, run, {"swiglu": lambda s: ((s["n"],), (THREADS,))})
 
 
-def combine_step(node: Node, K: int, H: int) -> Step:
+def combine_step(node: Node, shapes: list) -> Step:
+    H, K = shapes[0][-1], shapes[2][-1]
+
     def kernels(gpu, target):
         return {"invert": moe.inverse_order(gpu), "combine": te_kernel(moe.combine(K, H), gpu)}
 
@@ -147,7 +153,7 @@ def combine_step(node: Node, K: int, H: int) -> Step:
     return Step("combine", [node], {"op": "combine", "K": K, "H": H}, kernels, run, launch)
 
 
-def attention_step(node: Node) -> Step:
+def attention_step(node: Node, _shapes: list) -> Step:
     a = node.attrs
     N, KV, D, theta, eps = a["num_heads"], a["num_kv_heads"], a["head_dim"], a["rope_theta"], a["eps"]
     q_norm, k_norm = (len(node.inputs) > i and node.inputs[i] is not None for i in (3, 4))
@@ -175,8 +181,8 @@ def attention_step(node: Node) -> Step:
                 launch)
 
 
-def cross_entropy_step(node: Node, V: int) -> Step:
-    ignore = node.attrs["ignore_index"]
+def cross_entropy_step(node: Node, shapes: list) -> Step:
+    V, ignore = shapes[0][-1], node.attrs["ignore_index"]
 
     def run(call, logits, targets):
         t = targets.reshape(-1).contiguous()
@@ -194,8 +200,8 @@ def cross_entropy_step(node: Node, V: int) -> Step:
                 lambda gpu, target: loss.cross_entropy(V, ignore, gpu), run, launch)
 
 
-def dense_step(node: Node, types: dict) -> Step:
-    in_shapes = [list(types[i].shape) for i in node.inputs if i is not None]
+def dense_step(node: Node, shapes: list) -> Step:
+    in_shapes = [list(shape) for shape in shapes if shape is not None]
 
     def run(call, *args):
         args = [a.contiguous() for a in args if a is not None]
@@ -216,6 +222,10 @@ def dense_step(node: Node, types: dict) -> Step:
     return Step(node.op, [node], {"op": node.op, "in": in_shapes, **node.attrs}, kernels, run)
 
 
+STEPS = {"dispatch": dispatch_step, "swiglu": swiglu_step, "combine": combine_step, "attention": attention_step,
+         "cross_entropy": cross_entropy_step}
+
+
 def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | GpuTile, str]],
          skip=frozenset()) -> list[Step]:
     """One step per node not in skip; a grouped_matmul feeding only a swiglu takes it as its epilogue.
@@ -225,29 +235,15 @@ def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | G
     for node in graph.nodes:
         if node.name in done:
             continue
-        shape = [None if i is None else types[i].shape for i in node.inputs]
-        out = node.outputs[0].type.shape
+        shapes = [None if i is None else types[i].shape for i in node.inputs]
         if node.op == "grouped_matmul":
-            E, N, K = shape[1]
-            swi = node.name in epilogues
-            nodes = [node, epilogues[node.name]] if swi else [node]
+            nodes = [node, epilogues[node.name]] if node.name in epilogues else [node]
             done.update(n.name for n in nodes[1:])
-            steps.append(gmm_step(node.op, nodes, E, N, K, *tile_for(node.op, E, N, K, swi), swi, False))
-        elif node.op == "linear":
-            steps.append(linear_step(node, *shape[1], *tile_for("linear", 1, *shape[1], False)))
-        elif node.op == "router":
-            E, H = shape[1]
-            steps.append(router_step(node, H, E, tile_for("linear", 1, E, H, False)[0]))
-        elif node.op == "dispatch":
-            steps.append(dispatch_step(node, shape[0][-1], node.attrs["num_experts"], shape[1][-1]))
-        elif node.op == "swiglu":
-            steps.append(swiglu_step(node, out[-1]))
-        elif node.op == "combine":
-            steps.append(combine_step(node, shape[2][-1], out[-1]))
-        elif node.op == "attention":
-            steps.append(attention_step(node))
-        elif node.op == "cross_entropy":
-            steps.append(cross_entropy_step(node, shape[0][-1]))
+            swi = len(nodes) > 1
+            steps.append(gmm_step(node.op, nodes, *shapes[1], *tile_for(node.op, *shapes[1], swi), swi, False))
+        elif node.op in ("linear", "router"):
+            make = linear_step if node.op == "linear" else router_step
+            steps.append(make(node, *shapes[1], *tile_for("linear", 1, *shapes[1], False)))
         else:
-            steps.append(dense_step(node, types))
+            steps.append(STEPS.get(node.op, dense_step)(node, shapes))
     return steps
