@@ -102,8 +102,9 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
 
 
 def dispatch_sort(E: int, gpu: bool):
-    """indices[R] -> offsets[E+1], order[R], stable: one thread per expert counts the rows of lower experts
-    (its start) and writes its own rows in order."""
+    """indices[R] -> offsets[E+1], order[R], a stable counting sort: one serial pass on the CPU (R is small
+    next to the GEMMs); on a GPU one thread per expert counts the rows of lower experts (its start) and writes
+    its own rows in order."""
     (R,) = sym("R")
 
     @T.macro
@@ -123,7 +124,21 @@ def dispatch_sort(E: int, gpu: bool):
 
     @T.prim_func
     def sort(Idx: T.Buffer((R,), "int64"), Off: T.Buffer((E + 1,), "int64"), P: T.Buffer((R,), "int64")):
-        each_row(E, gpu, body, Idx, Off, P)
+        if gpu:
+            each_row(E, gpu, body, Idx, Off, P)
+        else:
+            cursor = T.alloc_buffer((E + 1,), "int64")
+            for e in range(E + 1):
+                cursor[e] = T.int64(0)
+            for p in range(R):
+                cursor[Idx[p] + 1] = cursor[Idx[p] + 1] + 1
+            for e in range(E):
+                cursor[e + 1] = cursor[e + 1] + cursor[e]
+            for e in range(E + 1):
+                Off[e] = cursor[e]
+            for p in range(R):
+                P[cursor[Idx[p]]] = p
+                cursor[Idx[p]] = cursor[Idx[p]] + 1
 
     return script(sort)
 
