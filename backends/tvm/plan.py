@@ -35,8 +35,7 @@ def empty(*shape: int, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def threads(n: int) -> tuple:
-    """The GPU launch of each_row over n rows."""
+def threads(n: int) -> tuple:          # each_row's launch
     return (-(-n // THREADS),), (THREADS,)
 
 
@@ -82,7 +81,7 @@ def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str
     return gmm
 
 
-def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile, _tuning: str) -> Step:
+def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile) -> Step:
     a = node.attrs
     K, logits_step = a["top_k"], linear_step(node, E, H, tile, "n/a")
 
@@ -186,10 +185,7 @@ def cross_entropy_step(node: Node, shapes: list) -> Step:
 
     def run(call, logits, targets):
         t = targets.reshape(-1).contiguous()
-        bad = (t != ignore) & ((t < 0) | (t >= V))
-        if bad.any():
-            raise IRError(f"target {t[bad][0].item()} out of range [0, {V}) and not ignore_index={ignore}",
-                          node=node.name, op="cross_entropy")
+        check_range(t[t != ignore], V, f"target (not ignore_index={ignore})", node)
         parts, mean = empty(len(t), 2), empty(1)
         call("rows", logits.reshape(-1, V).float().contiguous(), t, parts)
         call("mean", parts, mean)
@@ -241,9 +237,10 @@ def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | G
             done.update(n.name for n in nodes[1:])
             swi = len(nodes) > 1
             steps.append(gmm_step(node.op, nodes, *shapes[1], *tile_for(node.op, *shapes[1], swi), swi, False))
-        elif node.op in ("linear", "router"):
-            make = linear_step if node.op == "linear" else router_step
-            steps.append(make(node, *shapes[1], *tile_for("linear", 1, *shapes[1], False)))
+        elif node.op == "linear":
+            steps.append(linear_step(node, *shapes[1], *tile_for("linear", 1, *shapes[1], False)))
+        elif node.op == "router":
+            steps.append(router_step(node, *shapes[1], tile_for("linear", 1, *shapes[1], False)[0]))
         else:
             steps.append(STEPS.get(node.op, dense_step)(node, shapes))
     return steps

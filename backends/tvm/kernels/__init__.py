@@ -33,9 +33,9 @@ def each_row(n, gpu, body, *args):
 
 
 def te_kernel(tensors: list, gpu: bool) -> tirx.PrimFunc:
-    """TE tensors (inputs, then the output) as a PrimFunc; each stage's outer loop runs in parallel on the CPU.
-    On a GPU one block per row (its leading spatial loops), THREADS threads over the last; reductions stay in
-    the thread. Fused loop extents would become host-computed kernel arguments, so only the grid fuses."""
+    """TE tensors (inputs, then the output) as a PrimFunc, each stage's outer loop parallel on the CPU. GPU: a
+    block per row (leading spatial loops), THREADS threads over the last dim; reductions stay in the thread.
+    Only the grid fuses: a fused extent would become a host-computed kernel argument."""
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)

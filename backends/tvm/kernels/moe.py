@@ -1,9 +1,7 @@
-"""The data-dependent MoE kernels: router selection, dispatch (stable counting sort, row gather), combine,
-SwiGLU. T tokens, E experts, K top-k, G expert groups, H hidden, R = T*K rows, F width.
-
-Top-k ties go to the lower index (a strict `>` scanning upwards); NaN ranks above every number, as in
-torch's descending sort. Scratch rows live in output buffers, not per-thread arrays (TVM's AMDGPU codegen
-miscompiles those)."""
+"""MoE kernels: router selection, dispatch (stable counting sort, row gather), combine, SwiGLU. T tokens,
+E experts, K top-k, G expert groups, H hidden, R = T*K rows. Top-k ties go to the lower index; NaN ranks
+above every number, as in torch's descending sort. Scratch rows live in output buffers, not per-thread
+arrays (TVM's AMDGPU codegen miscompiles those)."""
 
 from __future__ import annotations
 
