@@ -9,7 +9,7 @@ import math
 
 from tvm.script import tirx as T
 
-from . import THREADS, script, sym
+from . import THREADS, no_alias, sym
 
 LOW = -3.0e38       # the running max starts here, not at -inf (no inf - inf on fast-math targets)
 
@@ -58,7 +58,7 @@ def prep(heads: int, D: int, theta: float, eps: float, norm: bool, gpu: bool):
                Y: T.Buffer((batch, seq, heads * D), "float32")):
         each_head_row(batch, seq, heads, gpu, body, X, Wn, Y)
 
-    return script(kernel)
+    return no_alias(kernel)
 
 
 def attend(N: int, KV: int, D: int, causal: bool, gpu: bool):
@@ -108,4 +108,4 @@ def attend(N: int, KV: int, D: int, causal: bool, gpu: bool):
                V: T.Buffer((batch, seq, KV * D), "float32"), Y: T.Buffer((batch, seq, N * D), "float32")):
         each_head_row(batch, seq, N, gpu, body, Q, K, V, Y)
 
-    return script(kernel)
+    return no_alias(kernel)

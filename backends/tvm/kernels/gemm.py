@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from . import script, sym
+from . import no_alias, sym
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def gmm_cpu(E: int, N: int, K: int, tile: CpuTile, swiglu: bool = False):
                 for c in range(NC):
                     tile_rows(X, W, Y, Bias, acc, up, e, m, (job // E * NC + c) * NB, 1)
 
-    return script(gmm)
+    return no_alias(gmm)
 
 
 def gmm_gpu(E: int, N: int, K: int, tile: GpuTile, swiglu: bool = False):
@@ -155,4 +155,4 @@ def gmm_gpu(E: int, N: int, K: int, tile: GpuTile, swiglu: bool = False):
                             if rx[0] + ty < end and col < F:
                                 epilogue(Y, rx[0] + ty, col, acc[0], acc[1], Bias, F, swiglu)
 
-    return script(gmm)
+    return no_alias(gmm)

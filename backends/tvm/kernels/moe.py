@@ -8,7 +8,7 @@ from __future__ import annotations
 from tvm import te
 from tvm.script import tirx as T
 
-from . import each_row, script, sym
+from . import each_row, no_alias, sym
 
 
 def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: str, normalize: bool,
@@ -96,7 +96,7 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
                Idx: T.Buffer((n, K), "int64"), S: T.Buffer((n, E), "float32"), Q: T.Buffer((n, E), "float32")):
         each_row(n, gpu, body, L, SB, W, Idx, S, Q)
 
-    return script(select)
+    return no_alias(select)
 
 
 def dispatch_sort(E: int, gpu: bool):
@@ -138,7 +138,7 @@ def dispatch_sort(E: int, gpu: bool):
                 P[cursor[Idx[p]]] = p
                 cursor[Idx[p]] = cursor[Idx[p]] + 1
 
-    return script(sort)
+    return no_alias(sort)
 
 
 def inverse_order(gpu: bool):
@@ -153,7 +153,7 @@ def inverse_order(gpu: bool):
     def invert(P: T.Buffer((R,), "int64"), V: T.Buffer((R,), "int64")):
         each_row(R, gpu, body, P, V)
 
-    return script(invert)
+    return no_alias(invert)
 
 
 def gather_rows(H: int, K: int) -> list:
