@@ -39,11 +39,12 @@ def te_kernel(tensors: list, gpu: bool) -> tirx.PrimFunc:
     Only the grid fuses: a fused extent would become a host-computed kernel argument."""
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        loops = sch.get_loops(block)
+        spatial = [loop for loop, v in zip(sch.get_loops(block), sch.get(block).iter_vars) if v.iter_type == 0]
         if not gpu:
-            sch.parallel(loops[0])
+            if spatial:
+                sch.parallel(spatial[0])
             continue
-        *rows, cols = [loop for loop, v in zip(loops, sch.get(block).iter_vars) if v.iter_type == 0]
+        *rows, cols = spatial or [sch.add_unit_loop(block)]      # a reduction to one value: one thread
         c0, tx = sch.split(cols, [None, THREADS])
         sch.reorder(tx, c0)
         sch.bind(tx, "threadIdx.x")

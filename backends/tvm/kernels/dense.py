@@ -26,6 +26,13 @@ def gelu(v, approximate: str):
     return 0.5 * v * (1.0 + te.erf(v * 0.7071067811865476))
 
 
+def rms_norm(eps: float, shape, w_shape) -> list:
+    x, w = inputs(shape, w_shape)
+    k = te.reduce_axis((0, shape[-1]), "k")
+    ss = te.compute(x.shape[:-1], lambda *i: te.sum(x(*i, k) * x(*i, k), axis=k), "ss")
+    return [x, w, te.compute(x.shape, lambda *i: w[i[-1]] * (x(*i) * te.rsqrt(ss(*i[:-1]) / shape[-1] + eps)), "y")]
+
+
 def embedding(ids_shape, table_shape) -> list:
     ids, w = inputs(ids_shape, table_shape, dtypes=("int64", "float32"))
     return [ids, w, te.compute((*ids.shape, w.shape[1]), lambda *i: w[ids(*i[:-1]), i[-1]], "y")]
@@ -42,7 +49,7 @@ BUILD = {
     "silu": lambda a, ins: unary(lambda v: v * te.sigmoid(v), ins[0]),
     "sigmoid": lambda a, ins: unary(te.sigmoid, ins[0]),
     "gelu": lambda a, ins: unary(lambda v: gelu(v, a["approximate"]), ins[0]),
-    "rms_norm": lambda a, ins: apply(lambda x, w: topi.nn.rms_norm(x, w, [-1], a["eps"]), *ins),
+    "rms_norm": lambda a, ins: rms_norm(a["eps"], *ins),
     "softmax": lambda a, ins: apply(lambda x: topi.nn.softmax(x, axis=a["axis"]), ins[0]),
     "embedding": lambda a, ins: embedding(*ins),
 }
