@@ -60,7 +60,7 @@ class TVMBackend(Backend):
         ops = OPENCL_OPS if device.kind == "opencl" else CPU_OPS
         declined = dict(DECLINED)
         if device.kind == "opencl":
-            declined.update({op: "lowered for OpenCL ahead of time only (no launch shapes for its dlight schedule)"
+            declined.update({op: "lowered for OpenCL ahead of time only (no launch shapes for its TE schedule)"
                              for op in CPU_OPS if op not in OPENCL_OPS})
         return Support({op: frozenset({DType.float32}) for op in ops}, declined)
 

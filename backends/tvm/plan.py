@@ -1,11 +1,6 @@
-"""IR nodes -> TVM kernels, and how to run them: one `Step` per node (or per fused pair of nodes).
-
-A step names its kernels (PrimFuncs, CPU or GPU flavour), a JSON-able spec that keys the compile
-cache, and `run(call, args)`, which takes torch tensors and calls kernels through `call(name,
-*tensors)`; `call` is the CPU (DLPack) or OpenCL (pyopencl) launcher. Token counts are symbolic in
-every kernel, so one compile serves every batch size. Shapes: T tokens, H hidden, E experts,
-K top-k, R = T*K rows, N out-features.
-"""
+"""IR nodes -> steps, one per node (or fused pair). A step names its kernels (CPU or GPU flavour), a JSON-able
+spec that keys the compile cache, run(call, *args) on torch tensors, which calls kernels through
+`call(name, *tensors)` (the CPU's DLPack or OpenCL launcher), and each kernel's GPU launch shape."""
 
 from __future__ import annotations
 
@@ -16,12 +11,8 @@ import torch
 
 from ...ir import IRError, Node
 from ...ir.rewrites import swiglu_epilogues
-from .kernels import dense
-from .kernels import gemm as gemm_kernels
-from .kernels import moe as moe_kernels
-from .kernels.attention import attention_step
-from .kernels.gemm import CpuTile, GpuTile
-from .kernels.loss import cross_entropy_step
+from .kernels import THREADS, attention, dense, loss, moe, te_kernel
+from .kernels.gemm import CpuTile, GpuTile, gmm_cpu, gmm_gpu
 
 
 @dataclass
@@ -30,18 +21,27 @@ class Step:
     nodes: list[Node]
     spec: dict
     kernels: Callable[[bool, object], dict]            # (gpu, target) -> {name: PrimFunc}
-    run: Callable[..., list]                            # (call, args) -> outputs
+    run: Callable[..., list]                            # (call, *args) -> outputs
     launch: dict = field(default_factory=dict)          # kernel name -> sizes -> (grid, block) on a GPU
     tuning: str = "n/a"                                 # where the GEMM's tile came from
     tile: object = None
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
+    return x.reshape(-1, x.shape[-1]).contiguous()
 
 
-def zeros(n: int) -> torch.Tensor:
-    return torch.zeros(n, dtype=torch.float32)
+def empty(*shape: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+def threads(n: int) -> tuple:          # each_row's launch
+    return (-(-n // THREADS),), (THREADS,)
+
+
+def check_range(t: torch.Tensor, high: int, what: str, node: Node):
+    if t.numel() and (t.min() < 0 or t.max() >= high):
+        raise IRError(f"{what} out of range [0, {high})", node=node.name, op=node.op)
 
 
 def check_offsets(offsets: torch.Tensor, rows: int, experts: int, where: str):
@@ -54,63 +54,48 @@ def check_offsets(offsets: torch.Tensor, rows: int, experts: int, where: str):
 
 def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile | GpuTile, tuning: str,
              swiglu: bool, bias: bool) -> Step:
-    """tile: a CpuTile for the CPU kernel, a GpuTile for the GPU one (the plan is made for one of them)."""
+    """A CpuTile plans the CPU kernel, a GpuTile the GPU one."""
     F = N // 2 if swiglu else N
-    gpu_tile = isinstance(tile, GpuTile)
-    nb = 0 if gpu_tile else tile.fit(F).NB
+    edge = tile.edge if isinstance(tile, GpuTile) else 0
 
     def kernels(gpu, target):
-        make = gemm_kernels.gmm_gpu if gpu else gemm_kernels.gmm_cpu
-        return {"gmm": make(E, N, K, tile, swiglu)}
+        return {"gmm": (gmm_gpu if gpu else gmm_cpu)(E, N, K, tile, swiglu)}
 
     def run(call, x, w, offsets, b=None):
-        x2 = flat(x).contiguous()
+        x2, nb = flat(x), 0 if edge else tile.fit(F).NB
         check_offsets(offsets, x2.shape[0], E, nodes[0].name if nodes else op)
-        y = torch.empty(x2.shape[0], F, dtype=torch.float32)
-        call("gmm", x2, call.weight(w, E, nb), offsets, zeros(N) if b is None else b, y)
+        y = empty(x2.shape[0], F)
+        call("gmm", x2, call.weight(w, E, nb), offsets, torch.zeros(N) if b is None else b, y)
         return [y.reshape(*x.shape[:-1], F)]
 
-    edge = tile.edge if gpu_tile else 0
-    launch = {"gmm": lambda s: ((s["R"] // edge + E, (F + edge - 1) // edge), (edge, edge))} if gpu_tile else {}
+    launch = {"gmm": lambda s: ((s["R"] // edge + E, -(-F // edge)), (edge, edge))} if edge else {}
     spec = {"op": op, "E": E, "N": N, "K": K, "swiglu": swiglu, "bias": bias, "tile": tile.__dict__}
     return Step(op, nodes, spec, kernels, run, launch, tuning, tile)
 
 
 def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str) -> Step:
-    """linear is the grouped GEMM with one expert and one segment of all the tokens."""
-    step = gmm_step("linear", [node], 1, N, K, tile, tuning, False, len(node.inputs) > 2 and node.inputs[2] is not None)
-    gmm_run = step.run
-
-    def run(call, x, w, b=None):
-        rows = x.numel() // K
-        return gmm_run(call, x, w, torch.tensor([0, rows], dtype=torch.int64), b)
-
-    step.run = run
-    return step
+    """The grouped GEMM with one expert, all the rows its one segment."""
+    gmm = gmm_step("linear", [node], 1, N, K, tile, tuning, False, len(node.inputs) > 2 and node.inputs[2] is not None)
+    gmm_run = gmm.run
+    gmm.run = lambda call, x, w, b=None: gmm_run(call, x, w, torch.tensor([0, x.numel() // K]), b)
+    return gmm
 
 
-def threads(n):
-    return ((n + moe_kernels.THREADS - 1) // moe_kernels.THREADS,), (moe_kernels.THREADS,)
-
-
-def router_step(node: Node, H: int, E: int, tile: CpuTile | GpuTile) -> Step:
+def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile) -> Step:
     a = node.attrs
-    K = a["top_k"]
-    logits_step = linear_step(node, E, H, tile, "n/a")
+    K, logits_step = a["top_k"], linear_step(node, E, H, tile, "n/a")
 
     def kernels(gpu, target):
-        sel = moe_kernels.router_select(E, K, a["scoring"], a["num_groups"], a["top_groups"], a["group_score"],
-                                        a["normalize"], a["scaling"], gpu)
+        sel = moe.router_select(E, K, a["scoring"], a["num_groups"], a["top_groups"], a["group_score"],
+                                a["normalize"], a["scaling"], gpu)
         return {**logits_step.kernels(gpu, target), "select": sel}
 
     def run(call, x, w, bias=None, score_bias=None):
-        x2 = flat(x).contiguous()
-        (logits,) = logits_step.run(call, x2, w, bias)
-        weights = torch.empty(x2.shape[0], K, dtype=torch.float32)
-        indices = torch.empty(x2.shape[0], K, dtype=torch.int64)
-        scores, selection = (torch.empty(x2.shape[0], E, dtype=torch.float32) for _ in range(2))
-        call("select", logits, zeros(E) if score_bias is None else score_bias.float(), weights, indices,
-             scores, selection)
+        (logits,) = logits_step.run(call, flat(x), w, bias)
+        T = len(logits)
+        weights, indices = empty(T, K), empty(T, K, dtype=torch.int64)
+        call("select", logits, torch.zeros(E) if score_bias is None else score_bias.float(), weights, indices,
+             empty(T, E), empty(T, E))
         lead = x.shape[:-1]
         return [weights.reshape(*lead, K), indices.reshape(*lead, K), logits.reshape(*lead, E)]
 
@@ -118,117 +103,144 @@ def router_step(node: Node, H: int, E: int, tile: CpuTile | GpuTile) -> Step:
     return Step("router", [node], {"op": "router", "H": H, "E": E, "tile": tile.__dict__, **a}, kernels, run, launch)
 
 
-def dispatch_step(node: Node, H: int, E: int, K: int) -> Step:
+def dispatch_step(node: Node, shapes: list) -> Step:
+    H, E, K = shapes[0][-1], node.attrs["num_experts"], shapes[1][-1]
+
     def kernels(gpu, target):
-        return {"sort": moe_kernels.dispatch_sort(E, gpu), "gather": moe_kernels.gather_rows(H, K, gpu)}
+        return {"sort": moe.dispatch_sort(E, gpu), "gather": te_kernel(moe.gather_rows(H, K), gpu)}
 
     def run(call, x, indices):
         flat_R = indices.reshape(-1).contiguous()
-        if flat_R.numel() and (flat_R.min() < 0 or flat_R.max() >= E):
-            raise IRError(f"expert index out of range [0, {E})", node=node.name, op="dispatch")
-        offsets = torch.empty(E + 1, dtype=torch.int64)
-        order = torch.empty(flat_R.shape[0], dtype=torch.int64)
+        check_range(flat_R, E, "expert index", node)
+        offsets, order = empty(E + 1, dtype=torch.int64), empty(len(flat_R), dtype=torch.int64)
         call("sort", flat_R, offsets, order)
-        rows = torch.empty(flat_R.shape[0], H, dtype=torch.float32)
-        call("gather", flat(x).contiguous(), order, rows)
+        rows = empty(len(flat_R), H)
+        call("gather", flat(x), order, rows)
         return [rows, offsets, order]
 
-    launch = {"sort": lambda s: ((1,), (E,)), "gather": lambda s: threads(s["R"])}
+    launch = {"sort": lambda s: threads(E), "gather": lambda s: ((s["R"],), (THREADS,))}
     return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run, launch)
 
 
-def swiglu_step(node: Node, F: int) -> Step:
+def swiglu_step(node: Node, shapes: list) -> Step:
+    F = shapes[0][-1] // 2
+
     def run(call, x):
-        x2 = flat(x).contiguous()
-        y = torch.empty(x2.shape[0], F, dtype=torch.float32)
-        call("swiglu", x2, y)
+        y = empty(len(flat(x)), F)
+        call("swiglu", flat(x), y)
         return [y.reshape(*x.shape[:-1], F)]
 
-    return Step("swiglu", [node], {"op": "swiglu", "F": F},
-                lambda gpu, target: {"swiglu": moe_kernels.swiglu(F, gpu)}, run,
-                {"swiglu": lambda s: ((s["n"],), (moe_kernels.THREADS,))})
+    return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu, target: {"swiglu": te_kernel(
+        moe.swiglu(F), gpu)}, run, {"swiglu": lambda s: ((s["n"],), (THREADS,))})
 
 
-def combine_step(node: Node, K: int, H: int) -> Step:
+def combine_step(node: Node, shapes: list) -> Step:
+    H, K = shapes[0][-1], shapes[2][-1]
+
     def kernels(gpu, target):
-        return {"invert": moe_kernels.inverse_order(gpu), "combine": moe_kernels.combine(K, H, gpu)}
+        return {"invert": moe.inverse_order(gpu), "combine": te_kernel(moe.combine(K, H), gpu)}
 
     def run(call, y, order, weights):
         inverse = torch.empty_like(order)
         call("invert", order.contiguous(), inverse)
         w2 = weights.reshape(-1, K).float().contiguous()
-        out = torch.empty(w2.shape[0], H, dtype=torch.float32)
+        out = empty(len(w2), H)
         call("combine", y.contiguous(), inverse, w2, out)
         return [out.reshape(*weights.shape[:-1], H)]
 
-    launch = {"invert": lambda s: threads(s["R"]), "combine": lambda s: ((s["n"],), (moe_kernels.THREADS,))}
+    launch = {"invert": lambda s: threads(s["R"]), "combine": lambda s: ((s["n"],), (THREADS,))}
     return Step("combine", [node], {"op": "combine", "K": K, "H": H}, kernels, run, launch)
 
 
-def dense_step(node: Node, types: dict) -> Step:
-    in_shapes = [list(types[i].shape) for i in node.inputs if i is not None]
-    out_shape = list(node.outputs[0].type.shape)
+def attention_step(node: Node, _shapes: list) -> Step:
+    a = node.attrs
+    N, KV, D, theta, eps = a["num_heads"], a["num_kv_heads"], a["head_dim"], a["rope_theta"], a["eps"]
+    q_norm, k_norm = (len(node.inputs) > i and node.inputs[i] is not None for i in (3, 4))
 
     def kernels(gpu, target):
-        tensors = dense.build(node.op, node.attrs, in_shapes, out_shape)
-        return {"main": dense.prim_func(tensors, gpu, target)}
+        return {"prep_q": attention.prep(N, D, theta, eps, q_norm, gpu),
+                "prep_k": attention.prep(KV, D, theta, eps, k_norm, gpu),
+                "attend": attention.attend(N, KV, D, a["causal"], gpu)}
+
+    def run(call, q, k, v, wq=None, wk=None):
+        q, k, v = (t.float().contiguous() for t in (q, k, v))
+        q_rot, k_rot, y = torch.empty_like(q), torch.empty_like(k), torch.empty_like(q)
+        if y.numel() == 0:                      # TVM rejects the strides torch gives empty tensors
+            return [y]
+        call("prep_q", q, torch.ones(D) if wq is None else wq.float(), q_rot)
+        call("prep_k", k, torch.ones(D) if wk is None else wk.float(), k_rot)
+        call("attend", q_rot, k_rot, v, y)
+        return [y]
+
+    def rows(heads):
+        return lambda s: ((-(-s["seq"] // THREADS), s["batch"] * heads), (THREADS, 1))
+
+    launch = {"prep_q": rows(N), "prep_k": rows(KV), "attend": rows(N)}
+    return Step("attention", [node], {"op": "attention", "q_norm": q_norm, "k_norm": k_norm, **a}, kernels, run,
+                launch)
+
+
+def cross_entropy_step(node: Node, shapes: list) -> Step:
+    V, ignore = shapes[0][-1], node.attrs["ignore_index"]
+
+    def run(call, logits, targets):
+        t = targets.reshape(-1).contiguous()
+        check_range(t[t != ignore], V, f"target (not ignore_index={ignore})", node)
+        parts, mean = empty(len(t), 2), empty(1)
+        call("rows", logits.reshape(-1, V).float().contiguous(), t, parts)
+        call("mean", parts, mean)
+        return [mean.reshape(())]
+
+    launch = {"rows": lambda s: threads(s["n"]), "mean": lambda s: threads(1)}
+    return Step("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore},
+                lambda gpu, target: loss.cross_entropy(V, ignore, gpu), run, launch)
+
+
+def dense_step(node: Node, shapes: list) -> Step:
+    in_shapes = [list(shape) for shape in shapes if shape is not None]
 
     def run(call, *args):
         args = [a.contiguous() for a in args if a is not None]
         if node.op in ("add", "mul"):
             shape = torch.broadcast_shapes(args[0].shape, args[1].shape)
         elif node.op == "embedding":
-            if args[0].numel() and (args[0].min() < 0 or args[0].max() >= args[1].shape[0]):
-                raise IRError(f"ids out of range [0, {args[1].shape[0]})", node=node.name, op="embedding")
+            check_range(args[0], args[1].shape[0], "ids", node)
             shape = (*args[0].shape, args[1].shape[1])
         else:
             shape = args[0].shape
-        y = torch.empty(shape, dtype=torch.float32)
+        y = empty(*shape)
         call("main", *args, y)
         return [y]
 
-    spec = {"op": node.op, "in": in_shapes, "out": out_shape, **node.attrs}
-    return Step(node.op, [node], spec, kernels, run)
+    def kernels(gpu, target):
+        return {"main": te_kernel(dense.BUILD[node.op](node.attrs, in_shapes), gpu)}
+
+    return Step(node.op, [node], {"op": node.op, "in": in_shapes, **node.attrs}, kernels, run)
+
+
+STEPS = {"dispatch": dispatch_step, "swiglu": swiglu_step, "combine": combine_step, "attention": attention_step,
+         "cross_entropy": cross_entropy_step}
 
 
 def plan(graph, tile_for: Callable[[str, int, int, int, bool], tuple[CpuTile | GpuTile, str]],
          skip=frozenset()) -> list[Step]:
-    """One step per node (except those named in skip); grouped_matmul feeding only a swiglu runs as one
-    kernel with the SwiGLU epilogue. tile_for(op, E, N, K, swiglu) gives the CPU or GPU tile and where it
-    came from (tuning.tile_for)."""
-    types = graph.types()
-    epilogues = swiglu_epilogues(graph)
-    fused: set[str] = set(skip)
-    steps = []
+    """One step per node not in skip; a grouped_matmul feeding only a swiglu takes it as its epilogue.
+    tile_for(op, E, N, K, swiglu) gives the GEMM's tile and where it came from."""
+    types, epilogues = graph.types(), swiglu_epilogues(graph)
+    done, steps = set(skip), []
     for node in graph.nodes:
-        if node.name in fused:
+        if node.name in done:
             continue
-        out = node.outputs[0].name
+        shapes = [None if i is None else types[i].shape for i in node.inputs]
         if node.op == "grouped_matmul":
-            E, N, K = types[node.inputs[1]].shape
-            swi = node.name in epilogues
-            nodes = [node, epilogues[node.name]] if swi else [node]
-            fused.update(n.name for n in nodes[1:])
-            tile, how = tile_for("grouped_matmul", E, N, K, swi)
-            steps.append(gmm_step("grouped_matmul", nodes, E, N, K, tile, how, swi, False))
+            nodes = [node, epilogues[node.name]] if node.name in epilogues else [node]
+            done.update(n.name for n in nodes[1:])
+            swi = len(nodes) > 1
+            steps.append(gmm_step(node.op, nodes, *shapes[1], *tile_for(node.op, *shapes[1], swi), swi, False))
         elif node.op == "linear":
-            N, K = types[node.inputs[1]].shape
-            tile, how = tile_for("linear", 1, N, K, False)
-            steps.append(linear_step(node, N, K, tile, how))
+            steps.append(linear_step(node, *shapes[1], *tile_for("linear", 1, *shapes[1], False)))
         elif node.op == "router":
-            E, H = types[node.inputs[1]].shape
-            steps.append(router_step(node, H, E, tile_for("linear", 1, E, H, False)[0]))
-        elif node.op == "dispatch":
-            steps.append(dispatch_step(node, types[node.inputs[0]].shape[-1], node.attrs["num_experts"],
-                                       types[node.inputs[1]].shape[-1]))
-        elif node.op == "swiglu":
-            steps.append(swiglu_step(node, types[out].shape[-1]))
-        elif node.op == "combine":
-            steps.append(combine_step(node, types[node.inputs[2]].shape[-1], types[out].shape[-1]))
-        elif node.op == "attention":
-            steps.append(attention_step(node, Step))
-        elif node.op == "cross_entropy":
-            steps.append(cross_entropy_step(node, types[node.inputs[0]].shape[-1], Step))
+            steps.append(router_step(node, *shapes[1], tile_for("linear", 1, *shapes[1], False)[0]))
         else:
-            steps.append(dense_step(node, types))
+            steps.append(STEPS.get(node.op, dense_step)(node, shapes))
     return steps

@@ -1,61 +1,29 @@
-"""The data-dependent MoE kernels in TVMScript: router selection, dispatch (counting sort and row
-gather), combine, SwiGLU. Each kernel is written once as a macro over one token/row; `gpu` picks the
-loop nest around it: a parallel loop on the CPU, or blocks of THREADS threads on a GPU.
-
-Legend: T tokens (symbolic), E experts, K top-k, G expert groups, H hidden, R = T*K rows, F width.
-Ties in top-k go to the lower index (a strict `>` while scanning upwards); NaN ranks above every
-number, as in torch's descending sort.
-"""
+"""MoE kernels: router selection, dispatch (stable counting sort, row gather), combine, SwiGLU. T tokens,
+E experts, K top-k, G expert groups, H hidden, R = T*K rows. Top-k ties go to the lower index; NaN ranks
+above every number, as in torch's descending sort. Scratch rows live in output buffers, not per-thread
+arrays (TVM's AMDGPU codegen miscompiles those)."""
 
 from __future__ import annotations
 
+from tvm import te
 from tvm.script import tirx as T
 
-THREADS = 64
-
-
-@T.macro
-def each_row(n, gpu, body, *args):
-    """body(row, *args) for rows 0..n-1: a parallel loop on the CPU; blocks of THREADS threads on a GPU."""
-    if gpu:
-        for bx in T.thread_binding((n + THREADS - 1) // THREADS, thread="blockIdx.x"):
-            for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                if bx * THREADS + tx < n:
-                    body(bx * THREADS + tx, *args)
-    else:
-        for t in T.parallel(n):
-            body(t, *args)
-
-
-@T.macro
-def each_element(n, width, gpu, body, *args):
-    """body(row, column, *args): rows in parallel (CPU) or one block per row, threads over columns (GPU)."""
-    if gpu:
-        for bx in T.thread_binding(n, thread="blockIdx.x"):
-            for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                for c0 in range((width + THREADS - 1) // THREADS):
-                    if c0 * THREADS + tx < width:
-                        body(bx, c0 * THREADS + tx, *args)
-    else:
-        for r in T.parallel(n):
-            for c in range(width):
-                body(r, c, *args)
+from . import each_row, no_alias, sym
 
 
 def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: str, normalize: bool,
                   scaling: float, gpu: bool):
-    """logits[T, E] (float32), score_bias[E] -> weights[T, K], indices[T, K]; scores and selection [T, E]
-    are scratch outputs (kept out of per-thread arrays, which TVM's AMDGPU codegen miscompiles)."""
-    per = E // G
-    neg = T.float32(float("-inf"))
+    """logits[T, E], score_bias[E] -> weights[T, K], indices[T, K]; scores, selection[T, E] are scratch."""
+    per, neg = E // G, T.float32(float("-inf"))
+    (n,) = sym("n")
 
     @T.macro
-    def pick(vals, row, taken, n, out_idx, slot):
+    def pick(vals, row, taken, count, out_idx, slot):
         best = T.alloc_buffer((1,), "float32", scope="local")
         bi = T.alloc_buffer((1,), "int32", scope="local")
         bi[0] = -1
         best[0] = neg
-        for e in range(n):
+        for e in range(count):
             v = vals[row, e]
             if taken[e] == 0 and (bi[0] < 0 or (T.isnan(v) and not T.isnan(best[0])) or v > best[0]):
                 bi[0] = e
@@ -64,124 +32,98 @@ def router_select(E: int, K: int, scoring: str, G: int, TG: int, group_score: st
         out_idx[slot] = bi[0]
 
     @T.macro
-    def body(t, L, SB, W, Idx, s, sel):
-        taken = T.alloc_buffer((E,), "int32", scope="local")
+    def softmax(src, dst, t, count, red):
+        red[0] = src[t, 0]
+        for i in range(1, count):
+            red[0] = T.max(red[0], src[t, i])
+        red[1] = T.float32(0)
+        for i in range(count):
+            dst[t, i] = T.exp(src[t, i] - red[0])
+            red[1] = red[1] + dst[t, i]
+        for i in range(count):
+            dst[t, i] = dst[t, i] / red[1]
+
+    @T.macro
+    def keep_top_groups(t, sel, red, picked):
         gsc = T.alloc_buffer((1, G), "float32", scope="local")
         gtaken = T.alloc_buffer((G,), "int32", scope="local")
+        for g in range(G):
+            gtaken[g] = 0
+            red[0] = neg
+            red[1] = neg
+            for j in range(per):
+                if sel[t, g * per + j] > red[0]:
+                    red[1] = red[0]
+                    red[0] = sel[t, g * per + j]
+                elif sel[t, g * per + j] > red[1]:
+                    red[1] = sel[t, g * per + j]
+            gsc[0, g] = red[0] if group_score == "max" else red[0] + red[1]
+        for j in range(TG):
+            pick(gsc, 0, gtaken, G, picked, j)
+        for e in range(E):
+            if gtaken[e // per] == 0:
+                sel[t, e] = neg
+
+    @T.macro
+    def body(t, L, SB, W, Idx, s, sel):
+        taken = T.alloc_buffer((E,), "int32", scope="local")
         picked = T.alloc_buffer((E,), "int32", scope="local")
         red = T.alloc_buffer((2,), "float32", scope="local")
         if scoring == "softmax":
-            red[0] = L[t, 0]
-            for e in range(1, E):
-                red[0] = T.max(red[0], L[t, e])
-            red[1] = T.float32(0)
-            for e in range(E):
-                s[t, e] = T.exp(L[t, e] - red[0])
-                red[1] = red[1] + s[t, e]
-            for e in range(E):
-                s[t, e] = s[t, e] / red[1]
-        elif scoring == "sigmoid":
-            for e in range(E):
-                s[t, e] = T.sigmoid(L[t, e])
-        else:
-            for e in range(E):
-                s[t, e] = L[t, e]
+            softmax(L, s, t, E, red)
         for e in range(E):
+            if scoring != "softmax":
+                s[t, e] = T.sigmoid(L[t, e]) if scoring == "sigmoid" else L[t, e]
             sel[t, e] = s[t, e] + SB[e]
             taken[e] = 0
         if G > 1:
-            for g in range(G):
-                gtaken[g] = 0
-                red[0] = neg
-                red[1] = neg
-                for j in range(per):
-                    if sel[t, g * per + j] > red[0]:
-                        red[1] = red[0]
-                        red[0] = sel[t, g * per + j]
-                    elif sel[t, g * per + j] > red[1]:
-                        red[1] = sel[t, g * per + j]
-                if group_score == "max":
-                    gsc[0, g] = red[0]
-                else:
-                    gsc[0, g] = red[0] + red[1]
-            for j in range(TG):
-                pick(gsc, 0, gtaken, G, picked, j)
-            for e in range(E):
-                if gtaken[e // per] == 0:
-                    sel[t, e] = neg
+            keep_top_groups(t, sel, red, picked)
+        red[1] = T.float32(0)
         for k in range(K):
             pick(sel, t, taken, E, picked, k)
-        if scoring == "softmax_topk":
-            red[0] = s[t, picked[0]]
-            for k in range(1, K):
-                red[0] = T.max(red[0], s[t, picked[k]])
-            red[1] = T.float32(0)
-            for k in range(K):
-                red[1] = red[1] + T.exp(s[t, picked[k]] - red[0])
-            for k in range(K):
-                W[t, k] = T.exp(s[t, picked[k]] - red[0]) / red[1] * T.float32(scaling)
-        else:
-            red[1] = T.float32(0)
-            for k in range(K):
-                red[1] = red[1] + s[t, picked[k]]
-            for k in range(K):
-                if normalize:
-                    W[t, k] = s[t, picked[k]] / (red[1] + T.float32(1e-20)) * T.float32(scaling)
-                else:
-                    W[t, k] = s[t, picked[k]] * T.float32(scaling)
-        for k in range(K):
             Idx[t, k] = T.Cast("int64", picked[k])
+            W[t, k] = s[t, picked[k]]
+            red[1] = red[1] + W[t, k]
+        if scoring == "softmax_topk":
+            softmax(W, W, t, K, red)
+        for k in range(K):
+            if normalize and scoring != "softmax_topk":
+                W[t, k] = W[t, k] / (red[1] + T.float32(1e-20))
+            W[t, k] = W[t, k] * T.float32(scaling)
 
     @T.prim_func
-    def select(logits: T.handle, score_bias: T.handle, weights: T.handle, indices: T.handle, scores: T.handle,
-               selection: T.handle):
-        T.func_attr({"global_symbol": "select", "tirx.noalias": True})
-        n = T.int64()
-        L = T.match_buffer(logits, (n, E), "float32")
-        SB = T.match_buffer(score_bias, (E,), "float32")
-        W = T.match_buffer(weights, (n, K), "float32")
-        Idx = T.match_buffer(indices, (n, K), "int64")
-        S = T.match_buffer(scores, (n, E), "float32")
-        Q = T.match_buffer(selection, (n, E), "float32")
+    def select(L: T.Buffer((n, E), "float32"), SB: T.Buffer((E,), "float32"), W: T.Buffer((n, K), "float32"),
+               Idx: T.Buffer((n, K), "int64"), S: T.Buffer((n, E), "float32"), Q: T.Buffer((n, E), "float32")):
         each_row(n, gpu, body, L, SB, W, Idx, S, Q)
 
-    return select
+    return no_alias(select)
 
 
 def dispatch_sort(E: int, gpu: bool):
-    """indices[R] -> offsets[E+1], order[R]: a stable counting sort. On the CPU one serial pass (R is
-    small next to the GEMMs); on a GPU one block with one thread per expert: each counts its pairs,
-    the counts meet in shared memory, and each thread writes its own pairs in p order."""
+    """indices[R] -> offsets[E+1], order[R], a stable counting sort: one serial pass on the CPU (R is small
+    next to the GEMMs); on a GPU one thread per expert counts the rows of lower experts (its start) and writes
+    its own rows in order."""
+    (R,) = sym("R")
+
+    @T.macro
+    def body(e, Idx, Off, P):
+        c = T.alloc_buffer((1,), "int64", scope="local")
+        c[0] = T.int64(0)
+        for p in range(R):
+            if Idx[p] < T.Cast("int64", e):
+                c[0] = c[0] + 1
+        Off[e] = c[0]
+        if e == E - 1:
+            Off[E] = R
+        for p in range(R):
+            if Idx[p] == T.Cast("int64", e):
+                P[c[0]] = p
+                c[0] = c[0] + 1
 
     @T.prim_func
-    def sort(indices: T.handle, offsets: T.handle, order: T.handle):
-        T.func_attr({"global_symbol": "sort", "tirx.noalias": True})
-        R = T.int64()
-        Idx = T.match_buffer(indices, (R,), "int64")
-        Off = T.match_buffer(offsets, (E + 1,), "int64")
-        P = T.match_buffer(order, (R,), "int64")
+    def sort(Idx: T.Buffer((R,), "int64"), Off: T.Buffer((E + 1,), "int64"), P: T.Buffer((R,), "int64")):
         if gpu:
-            for _bx in T.thread_binding(1, thread="blockIdx.x"):
-                for e in T.thread_binding(E, thread="threadIdx.x"):
-                    counts = T.alloc_buffer((E,), "int64", scope="shared")
-                    c = T.alloc_buffer((1,), "int64", scope="local")
-                    c[0] = T.int64(0)
-                    for p in range(R):
-                        if Idx[p] == T.Cast("int64", e):
-                            c[0] = c[0] + 1
-                    counts[e] = c[0]
-                    T.tvm_storage_sync("shared")
-                    c[0] = T.int64(0)
-                    for j in range(E):
-                        if j < e:
-                            c[0] = c[0] + counts[j]
-                    Off[e] = c[0]
-                    if e == E - 1:
-                        Off[E] = R
-                    for p in range(R):
-                        if Idx[p] == T.Cast("int64", e):
-                            P[c[0]] = p
-                            c[0] = c[0] + 1
+            each_row(E, gpu, body, Idx, Off, P)
         else:
             cursor = T.alloc_buffer((E + 1,), "int64")
             for e in range(E + 1):
@@ -196,86 +138,41 @@ def dispatch_sort(E: int, gpu: bool):
                 P[cursor[Idx[p]]] = p
                 cursor[Idx[p]] = cursor[Idx[p]] + 1
 
-    return sort
-
-
-def gather_rows(H: int, K: int, gpu: bool):
-    """rows[r] = x[order[r] // K]."""
-
-    @T.macro
-    def body(r, X, P, Y):
-        for h in range(H):
-            Y[r, h] = X[P[r] // K, h]
-
-    @T.prim_func
-    def gather(x: T.handle, order: T.handle, rows: T.handle):
-        T.func_attr({"global_symbol": "gather", "tirx.noalias": True})
-        n = T.int64()
-        R = T.int64()
-        X = T.match_buffer(x, (n, H), "float32")
-        P = T.match_buffer(order, (R,), "int64")
-        Y = T.match_buffer(rows, (R, H), "float32")
-        each_row(R, gpu, body, X, P, Y)
-
-    return gather
+    return no_alias(sort)
 
 
 def inverse_order(gpu: bool):
     """inverse[order[r]] = r: combine reads rows through it."""
+    (R,) = sym("R")
 
     @T.macro
     def body(r, P, V):
         V[P[r]] = r
 
     @T.prim_func
-    def invert(order: T.handle, inverse: T.handle):
-        T.func_attr({"global_symbol": "invert", "tirx.noalias": True})
-        R = T.int64()
-        P = T.match_buffer(order, (R,), "int64")
-        V = T.match_buffer(inverse, (R,), "int64")
+    def invert(P: T.Buffer((R,), "int64"), V: T.Buffer((R,), "int64")):
         each_row(R, gpu, body, P, V)
 
-    return invert
+    return no_alias(invert)
 
 
-def combine(K: int, H: int, gpu: bool):
+def gather_rows(H: int, K: int) -> list:
+    """rows[r] = x[order[r] // K]."""
+    n, R = sym("n", "R")
+    X, P = te.placeholder((n, H), name="X"), te.placeholder((R,), "int64", "P")
+    return [X, P, te.compute((R, H), lambda r, h: X[P[r] // K, h], "Y")]
+
+
+def combine(K: int, H: int) -> list:
     """out[t] = sum over k = 0..K-1, in order, of weights[t, k] * y[inverse[t*K + k]]."""
-
-    @T.macro
-    def body(t, h, Y, V, W, Out):
-        acc = T.alloc_buffer((1,), "float32", scope="local")
-        acc[0] = Y[V[t * K], h] * W[t, 0]
-        for k in range(1, K):
-            acc[0] = acc[0] + Y[V[t * K + k], h] * W[t, k]
-        Out[t, h] = acc[0]
-
-    @T.prim_func
-    def comb(y: T.handle, inverse: T.handle, weights: T.handle, out: T.handle):
-        T.func_attr({"global_symbol": "combine", "tirx.noalias": True})
-        n = T.int64()
-        R = T.int64()
-        Y = T.match_buffer(y, (R, H), "float32")
-        V = T.match_buffer(inverse, (R,), "int64")
-        W = T.match_buffer(weights, (n, K), "float32")
-        Out = T.match_buffer(out, (n, H), "float32")
-        each_element(n, H, gpu, body, Y, V, W, Out)
-
-    return comb
+    n, R = sym("n", "R")
+    Y, V, W = te.placeholder((R, H), name="Y"), te.placeholder((R,), "int64", "V"), te.placeholder((n, K), name="W")
+    k = te.reduce_axis((0, K), "k")
+    return [Y, V, W, te.compute((n, H), lambda t, h: te.sum(Y[V[t * K + k], h] * W[t, k], axis=k), "Out")]
 
 
-def swiglu(F: int, gpu: bool):
+def swiglu(F: int) -> list:
     """y[r, f] = silu(x[r, f]) * x[r, F + f]."""
-
-    @T.macro
-    def body(r, f, X, Y):
-        Y[r, f] = X[r, f] / (T.float32(1) + T.exp(-X[r, f])) * X[r, F + f]
-
-    @T.prim_func
-    def swi(x: T.handle, y: T.handle):
-        T.func_attr({"global_symbol": "swiglu", "tirx.noalias": True})
-        n = T.int64()
-        X = T.match_buffer(x, (n, 2 * F), "float32")
-        Y = T.match_buffer(y, (n, F), "float32")
-        each_element(n, F, gpu, body, X, Y)
-
-    return swi
+    (n,) = sym("n")
+    X = te.placeholder((n, 2 * F), name="X")
+    return [X, te.compute((n, F), lambda r, f: X[r, f] / (1 + te.exp(-X[r, f])) * X[r, F + f], "Y")]

@@ -100,6 +100,16 @@ def test_dense_ops_match_reference(compile_cpu):
         assert_matches(exe.run(x, params), reference64(graph, x, params))
 
 
+def test_reductions_to_one_value_compile(compile_cpu):
+    b = GraphBuilder("vector")
+    x = b.input("x", TensorType(f32, (16,)))
+    n = b.op1("rms_norm", x, b.param("w", TensorType(f32, (16,))), eps=1e-5)
+    graph = verify(b.finish(b.op1("softmax", n, axis=-1)))
+    params = init_params(graph, 8)
+    x = {"x": torch.randn(16)}
+    assert_matches(compile_cpu(graph).run(x, params), reference64(graph, x, params))
+
+
 def test_bad_inputs_raise_clear_errors(compile_cpu):
     graph = moe_graph()
     params = init_params(graph, 5)
