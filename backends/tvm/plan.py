@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...ir import IRError, Node
+from ...ir.meanings import check_offsets
 from ...ir.rewrites import swiglu_epilogues
 from .kernels import THREADS, attention, dense, loss, moe, te_kernel
 from .kernels.gemm import CpuTile, GpuTile, gmm_cpu, gmm_gpu
@@ -44,14 +45,6 @@ def check_range(t: torch.Tensor, high: int, what: str, node: Node):
         raise IRError(f"{what} out of range [0, {high})", node=node.name, op=node.op)
 
 
-def check_offsets(offsets: torch.Tensor, rows: int, experts: int, where: str):
-    bounds = offsets.tolist()
-    if len(bounds) != experts + 1 or bounds[0] != 0 or bounds[-1] != rows or any(
-            a > b for a, b in zip(bounds, bounds[1:])):
-        raise IRError(f"offsets {bounds[:8]}... are not a non-decreasing split of {rows} rows over {experts} "
-                      "experts", node=where, op="grouped_matmul")
-
-
 def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile | GpuTile, tuning: str,
              swiglu: bool, bias: bool) -> Step:
     """A CpuTile plans the CPU kernel, a GpuTile the GPU one."""
@@ -63,7 +56,7 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
 
     def run(call, x, w, offsets, b=None):
         x2, nb = flat(x), 0 if edge else tile.fit(F).NB
-        check_offsets(offsets, x2.shape[0], E, nodes[0].name if nodes else op)
+        check_offsets(offsets.tolist(), x2.shape[0], E, nodes[0].name if nodes else op)
         y = empty(x2.shape[0], F)
         call("gmm", x2, call.weight(w, E, nb), offsets, torch.zeros(N) if b is None else b, y)
         return [y.reshape(*x.shape[:-1], F)]
