@@ -98,7 +98,8 @@ class DispatchFn(torch.autograd.Function):
         (order_R,) = ctx.saved_tensors
         if not ctx.indices_shape[-1]:
             return drows_RH.new_zeros(ctx.x_shape), None, None
-        return launch.combine(drows_RH, order_R, drows_RH.new_ones(ctx.indices_shape)), None, None
+        dx = launch.combine(drows_RH, order_R, drows_RH.new_ones(ctx.indices_shape))
+        return dx.reshape(ctx.x_shape), None, None
 
 
 class RouterFn(torch.autograd.Function):

@@ -57,14 +57,18 @@ def store(cache_dir: Path) -> Store:
     return Store(cache_dir, "tvm")
 
 
-def use_rocm(given: str | None) -> str | None:
-    """The ROCm folder holding amdgcn/bitcode (`given`, else Debian's rocm-device-libs or /opt/rocm*),
-    told to TVM's ROCm codegen, whose link step is wrapped to keep each code object; None without one."""
-    from tvm.support import rocm
-
+def rocm_root(given: str | None) -> str | None:
+    """The ROCm folder holding amdgcn/bitcode: `given`, else Debian's rocm-device-libs or /opt/rocm*."""
     found = [given] if given else [os.path.dirname(os.path.dirname(b)) for b in
                                    glob.glob("/usr/lib/*/amdgcn/bitcode") + glob.glob("/opt/rocm*/amdgcn/bitcode")]
-    root = next((r for r in found if os.path.isdir(os.path.join(r, "amdgcn", "bitcode"))), None)
+    return next((r for r in found if os.path.isdir(os.path.join(r, "amdgcn", "bitcode"))), None)
+
+
+def use_rocm(given: str | None) -> str | None:
+    """rocm_root(given), told to TVM's ROCm codegen, whose link step is wrapped to keep each code object."""
+    from tvm.support import rocm
+
+    root = rocm_root(given)
     if root is None:
         return None
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from portable_moe.backends.base import BackendError, sha256_file
-from portable_moe.backends.tvm.lower import use_rocm
+from portable_moe.backends.tvm.lower import rocm_root
 from portable_moe.models import build_moe_layer, preset
 
 
@@ -50,7 +50,7 @@ def test_cuda_ptx_assembles_with_ptxas(backend, graph, tmp_path):
             assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(use_rocm(None) is None, reason="no ROCm device libraries (Debian: rocm-device-libs lld-22)")
+@pytest.mark.skipif(rocm_root(None) is None, reason="no ROCm device libraries (Debian: rocm-device-libs lld-22)")
 def test_rocm_code_object(backend, graph, tmp_path):
     out, manifest = lower(backend, graph, "rocm:gfx942", tmp_path)
     assert stages(manifest) == {"amdgcn", "hsaco"}
