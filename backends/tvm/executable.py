@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import tvm
 from torch.utils.weak import WeakIdKeyDictionary
+from tvm import tirx
 
 from ...ir import Graph
 from .. import opencl
@@ -56,39 +57,74 @@ class PackedWeights:
         return entry[1]
 
 
-class CpuCall:
-    def __init__(self, library: Path, weight: PackedWeights):
+class Kernels:
+    """A step's kernels, called as call(name, *inputs) -> outputs: the kernel's buffers after the inputs are
+    allocated from its signature ([buffer, dtype, dims]; a symbolic dim takes its size from the inputs)."""
+
+    def __init__(self, signatures: dict):
+        self.signatures = signatures
+
+    def __call__(self, name: str, *inputs) -> list[torch.Tensor]:
+        params, sizes = self.signatures[name], {}
+        inputs = [t.detach().contiguous() for t in inputs]
+        for (_, _, dims), t in zip(params, inputs):
+            sizes.update((d, n) for d, n in zip(dims, t.shape) if isinstance(d, str))
+        outputs = [torch.empty([sizes.get(d, d) for d in dims], dtype=getattr(torch, dtype))
+                   for _, dtype, dims in params[len(inputs):]]
+        self.launch(name, inputs, outputs, sizes)
+        return outputs
+
+
+class CpuCall(Kernels):
+    def __init__(self, signatures: dict, library: Path, weight: PackedWeights):
+        super().__init__(signatures)
         self.module, self.weight = tvm.runtime.load_module(str(library)), weight
 
-    def __call__(self, name: str, *tensors):
-        # TVM takes only contiguous, 64-byte aligned data; other views (only inputs are) are copied
-        tensors = [t.detach().contiguous() for t in tensors]
-        self.module[name](*[tvm.runtime.from_dlpack(t if t.data_ptr() % 64 == 0 else t.clone()) for t in tensors])
+    def launch(self, name: str, inputs: list, outputs: list, sizes: dict):
+        # TVM takes only 64-byte aligned data; other input views are copied (outputs are fresh, aligned)
+        self.module[name](*[tvm.runtime.from_dlpack(t if t.data_ptr() % 64 == 0 else t.clone())
+                            for t in inputs + outputs])
 
 
-class OpenCLCall:
-    """The tensors, in the PrimFunc's parameter order, are matched to the kernel's parameters by buffer
-    name; its scalars are shape variables read off the tensors; the last outputs[name] are copied back."""
+def thread_extents(stmt, found: dict) -> dict:
+    """thread tag (blockIdx.x, threadIdx.y, ...) -> the extent of the first loop bound to it."""
+    if isinstance(stmt, tirx.For) and stmt.thread_binding is not None:
+        found.setdefault(stmt.thread_binding.thread_tag, stmt.extent)
+    for field in ("body", "seq", "then_case", "else_case", "block"):
+        child = getattr(stmt, field, None)
+        for c in (child or []) if field == "seq" else [child]:
+            if c is not None:
+                thread_extents(c, found)
+    return found
 
-    outputs = {"select": 4, "sort": 2}
 
-    def __init__(self, step: Step, source: str):
-        self.step, program = step, opencl.program(source)
+class OpenCLCall(Kernels):
+    """Tensors are matched to the kernel's parameters by buffer name (`<buffer>_ptr`), its scalars are shape
+    variables (`<dim>` or `<dim>_<n>`); the launch shape is the PrimFunc's thread extents at these sizes."""
+
+    def __init__(self, signatures: dict, step: Step, source: str):
+        super().__init__(signatures)
+        program = opencl.program(source)
         self.kernels = {name: (getattr(program, f"{name}_kernel"), [p.split()[-2:] for p in params.split(",")])
                         for name, params in dict(SIGNATURE.findall(source)).items()}
-        self.params = {name: [(p.name, [getattr(d, "name", None) for d in p.shape]) for p in f.params]
-                       for name, f in step.kernels(True, target("opencl")).items()}
+        self.extents = {name: (thread_extents(f.body, {}), {d.name: d for p in f.params for d in p.shape
+                                                            if isinstance(d, tirx.Var)})
+                        for name, f in step.kernels(True, target("opencl")).items()}
 
-    def __call__(self, name: str, *tensors):
-        tensors = [t.detach().contiguous() for t in tensors]
-        named, sizes = {}, {}
-        for (buf, dims), t in zip(self.params[name], tensors):
-            named[f"{buf}_ptr"] = t
-            sizes.update((d, t.shape[i]) for i, d in enumerate(dims) if d)
+    def shape(self, name: str, sizes: dict) -> tuple[tuple, tuple]:
+        extents, dims = self.extents[name]
+        analyzer = tvm.sym.Analyzer()
+        for d, var in dims.items():
+            analyzer.bind(var, sizes[d])
+        size = {tag: int(analyzer.simplify(e)) for tag, e in extents.items()}
+        axes = "xyz"[:max("xyz".index(tag[-1]) for tag in size) + 1]
+        return tuple(size.get(f"blockIdx.{a}", 1) for a in axes), tuple(size.get(f"threadIdx.{a}", 1) for a in axes)
+
+    def launch(self, name: str, inputs: list, outputs: list, sizes: dict):
         kernel, params = self.kernels[name]
+        named = {f"{buf}_ptr": t for (buf, _, _), t in zip(self.signatures[name], inputs + outputs)}
         args = [named[p] if p in named else SCALARS[kind](sizes[re.sub(r"_\d+$", "", p)]) for kind, p in params]
-        # outputs are fresh contiguous tensors, so the copies back land in the caller's tensors
-        opencl.launch(kernel, *self.step.launch[name](sizes), args, tensors[-self.outputs.get(name, 1):])
+        opencl.launch(kernel, *self.shape(name, sizes), args, outputs)
 
     def weight(self, w: torch.Tensor, E: int, nb: int) -> torch.Tensor:
         return w.detach().float().reshape(E, *w.shape[-2:]).contiguous()
@@ -97,9 +133,10 @@ class OpenCLCall:
 def load(step: Step, kind: str, cache_dir: Path, packed: PackedWeights | None = None) -> CpuCall | OpenCLCall:
     """The step's kernels for a 'cpu' or 'opencl' device, ready to call."""
     entry = compiled(step, kind, cache_dir)
+    artifacts, signatures = entry.meta["artifacts"], entry.meta["signatures"]
     if kind == "opencl":
-        return OpenCLCall(step, entry.read(entry.meta["artifacts"]["source"]).decode())
-    return CpuCall(entry.path / entry.meta["artifacts"]["so"], packed or PackedWeights())
+        return OpenCLCall(signatures, step, entry.read(artifacts["source"]).decode())
+    return CpuCall(signatures, entry.path / artifacts["so"], packed or PackedWeights())
 
 
 class TVMExecutable(Executable):

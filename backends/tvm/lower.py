@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 import tvm
+from tvm import tirx
 
 from ...ir import Graph
 from ..base import BackendError, write_manifest
@@ -101,16 +102,27 @@ def nvcc(source: Path, arch: str, stage: str) -> Path:
     return out
 
 
+def signature(name: str, func: tirx.PrimFunc) -> list:
+    """[buffer, dtype, dims] per parameter, a dim a number or a shape variable's name: how to call the kernel."""
+    def dim(d):
+        if not isinstance(d, tirx.IntImm | tirx.Var):
+            raise BackendError(f"tvm: kernel {name} has a buffer dim {d} that is neither a number nor a variable")
+        return int(d) if isinstance(d, tirx.IntImm) else d.name
+
+    return [[p.name, str(p.dtype), [dim(d) for d in p.shape]] for p in func.params]
+
+
 def build(step: Step, target_name: str, folder: Path) -> dict:
-    """Compiles one step into folder; returns {stage: file name}."""
+    """Compiles one step into folder; returns {"artifacts": {stage: file name}, "signatures": {kernel: ...}}."""
     kind, _, arch = target_name.partition(":")
     gpu, built_for = kind != "cpu", target(target_name)
     funcs = step.kernels(gpu, built_for)
+    signatures = {n: signature(n, f) for n, f in funcs.items()}
     CAPTURED.clear()
     built = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), built_for)
     if not gpu:
         built.export_library(str(folder / "kernel.so"))
-        return {"so": "kernel.so"}
+        return {"artifacts": {"so": "kernel.so"}, "signatures": signatures}
     source = folder / f"kernel{SOURCE_SUFFIX[kind]}"
     source.write_text(built.mod.imports[0].inspect_source("asm" if kind == "rocm" else ""))
     artifacts = {"amdgcn" if kind == "rocm" else "source": source.name}
@@ -119,13 +131,13 @@ def build(step: Step, target_name: str, folder: Path) -> dict:
         artifacts["hsaco"] = "kernel.hsaco"
     for stage in ("ptx", "cubin") if kind == "cuda" and nvcc_version() else ():
         artifacts[stage] = nvcc(source, arch, stage).name
-    return artifacts
+    return {"artifacts": artifacts, "signatures": signatures}
 
 
 def compiled(step: Step, target_name: str, cache_dir: Path, progress=lambda: None) -> Entry:
     """The step's store entry for the target, built on a miss (progress() counts it)."""
     return store(cache_dir).fetch(entry_key(step.spec, target_name),
-                                  lambda folder: progress() or {"artifacts": build(step, target_name, folder)})
+                                  lambda folder: progress() or build(step, target_name, folder))
 
 
 def write_out(step: Step, target_name: str, out_dir: Path, cache_dir: Path, progress) -> dict:
@@ -136,7 +148,8 @@ def write_out(step: Step, target_name: str, out_dir: Path, cache_dir: Path, prog
     for stage, name in entry.meta["artifacts"].items():
         (out_dir / artifacts[stage]).write_bytes(entry.read(name))
     return {"kernel": stem, "op": step.op, "nodes": [n.name for n in step.nodes], "target": target_name,
-            "tvm_version": TVM_VERSION, "artifacts": artifacts, "cache_hit": entry.hit}
+            "tvm_version": TVM_VERSION, "artifacts": artifacts, "signatures": entry.meta["signatures"],
+            "cache_hit": entry.hit}
 
 
 def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options) -> dict:

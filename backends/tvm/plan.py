@@ -1,18 +1,18 @@
 """IR nodes -> steps, one per node (or fused pair). A step names its kernels (CPU or GPU flavour), a JSON-able
-spec that keys the compile cache, run(call, *args) on torch tensors, which calls kernels through
-`call(name, *tensors)` (the CPU's DLPack or OpenCL launcher), and each kernel's GPU launch shape."""
+spec that keys the compile cache, and run(call, *args) on torch tensors, which calls kernels through
+`call(name, *inputs) -> outputs` (the CPU's DLPack or OpenCL launcher, outputs allocated from the signature)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ...ir import IRError, Node
 from ...ir.meanings import check_offsets
 from ...ir.rewrites import swiglu_epilogues
-from .kernels import THREADS, attention, dense, loss, moe, te_kernel
+from .kernels import attention, dense, loss, moe, te_kernel
 from .kernels.gemm import CpuTile, GpuTile, gmm_cpu, gmm_gpu
 
 
@@ -23,21 +23,12 @@ class Step:
     spec: dict
     kernels: Callable[[bool, object], dict]            # (gpu, target) -> {name: PrimFunc}
     run: Callable[..., list]                            # (call, *args) -> outputs
-    launch: dict = field(default_factory=dict)          # kernel name -> sizes -> (grid, block) on a GPU
     tuning: str = "n/a"                                 # where the GEMM's tile came from
     tile: object = None
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
-
-
-def empty(*shape: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype)
-
-
-def threads(n: int) -> tuple:          # each_row's launch
-    return (-(-n // THREADS),), (THREADS,)
 
 
 def check_range(t: torch.Tensor, high: int, what: str, node: Node):
@@ -49,21 +40,18 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
              swiglu: bool, bias: bool) -> Step:
     """A CpuTile plans the CPU kernel, a GpuTile the GPU one."""
     F = N // 2 if swiglu else N
-    edge = tile.edge if isinstance(tile, GpuTile) else 0
 
     def kernels(gpu, target):
         return {"gmm": (gmm_gpu if gpu else gmm_cpu)(E, N, K, tile, swiglu)}
 
     def run(call, x, w, offsets, b=None):
-        x2, nb = flat(x), 0 if edge else tile.fit(F).NB
+        x2, nb = flat(x), 0 if isinstance(tile, GpuTile) else tile.fit(F).NB
         check_offsets(offsets.tolist(), x2.shape[0], E, nodes[0].name if nodes else op)
-        y = empty(x2.shape[0], F)
-        call("gmm", x2, call.weight(w, E, nb), offsets, torch.zeros(N) if b is None else b, y)
+        (y,) = call("gmm", x2, call.weight(w, E, nb), offsets, torch.zeros(N) if b is None else b)
         return [y.reshape(*x.shape[:-1], F)]
 
-    launch = {"gmm": lambda s: ((s["R"] // edge + E, -(-F // edge)), (edge, edge))} if edge else {}
     spec = {"op": op, "E": E, "N": N, "K": K, "swiglu": swiglu, "bias": bias, "tile": tile.__dict__}
-    return Step(op, nodes, spec, kernels, run, launch, tuning, tile)
+    return Step(op, nodes, spec, kernels, run, tuning, tile)
 
 
 def linear_step(node: Node, N: int, K: int, tile: CpuTile | GpuTile, tuning: str) -> Step:
@@ -85,15 +73,11 @@ def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile) -> Step:
 
     def run(call, x, w, bias=None, score_bias=None):
         (logits,) = logits_step.run(call, flat(x), w, bias)
-        T = len(logits)
-        weights, indices = empty(T, K), empty(T, K, dtype=torch.int64)
-        call("select", logits, torch.zeros(E) if score_bias is None else score_bias.float(), weights, indices,
-             empty(T, E), empty(T, E))
+        weights, indices, _, _ = call("select", logits, torch.zeros(E) if score_bias is None else score_bias.float())
         lead = x.shape[:-1]
         return [weights.reshape(*lead, K), indices.reshape(*lead, K), logits.reshape(*lead, E)]
 
-    launch = {**logits_step.launch, "select": lambda s: threads(s["n"])}
-    return Step("router", [node], {"op": "router", "H": H, "E": E, "tile": tile.__dict__, **a}, kernels, run, launch)
+    return Step("router", [node], {"op": "router", "H": H, "E": E, "tile": tile.__dict__, **a}, kernels, run)
 
 
 def dispatch_step(node: Node, shapes: list) -> Step:
@@ -103,28 +87,22 @@ def dispatch_step(node: Node, shapes: list) -> Step:
         return {"sort": moe.dispatch_sort(E, gpu), "gather": te_kernel(moe.gather_rows(H, K), gpu)}
 
     def run(call, x, indices):
-        flat_R = indices.reshape(-1).contiguous()
+        flat_R = indices.reshape(-1)
         check_range(flat_R, E, "expert index", node)
-        offsets, order = empty(E + 1, dtype=torch.int64), empty(len(flat_R), dtype=torch.int64)
-        call("sort", flat_R, offsets, order)
-        rows = empty(len(flat_R), H)
-        call("gather", flat(x), order, rows)
-        return [rows, offsets, order]
+        offsets, order = call("sort", flat_R)
+        return [*call("gather", flat(x), order), offsets, order]
 
-    launch = {"sort": lambda s: threads(E), "gather": lambda s: ((s["R"],), (THREADS,))}
-    return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run, launch)
+    return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run)
 
 
 def swiglu_step(node: Node, shapes: list) -> Step:
     F = shapes[0][-1] // 2
 
     def run(call, x):
-        y = empty(len(flat(x)), F)
-        call("swiglu", flat(x), y)
-        return [y.reshape(*x.shape[:-1], F)]
+        return [call("swiglu", flat(x))[0].reshape(*x.shape[:-1], F)]
 
     return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu, target: {"swiglu": te_kernel(
-        moe.swiglu(F), gpu)}, run, {"swiglu": lambda s: ((s["n"],), (THREADS,))})
+        moe.swiglu(F), gpu)}, run)
 
 
 def combine_step(node: Node, shapes: list) -> Step:
@@ -134,15 +112,10 @@ def combine_step(node: Node, shapes: list) -> Step:
         return {"invert": moe.inverse_order(gpu), "combine": te_kernel(moe.combine(K, H), gpu)}
 
     def run(call, y, order, weights):
-        inverse = torch.empty_like(order)
-        call("invert", order.contiguous(), inverse)
-        w2 = weights.reshape(-1, K).float().contiguous()
-        out = empty(len(w2), H)
-        call("combine", y.contiguous(), inverse, w2, out)
+        (out,) = call("combine", y, *call("invert", order), weights.reshape(-1, K).float())
         return [out.reshape(*weights.shape[:-1], H)]
 
-    launch = {"invert": lambda s: threads(s["R"]), "combine": lambda s: ((s["n"],), (THREADS,))}
-    return Step("combine", [node], {"op": "combine", "K": K, "H": H}, kernels, run, launch)
+    return Step("combine", [node], {"op": "combine", "K": K, "H": H}, kernels, run)
 
 
 def attention_step(node: Node, _shapes: list) -> Step:
@@ -156,54 +129,36 @@ def attention_step(node: Node, _shapes: list) -> Step:
                 "attend": attention.attend(N, KV, D, a["causal"], gpu)}
 
     def run(call, q, k, v, wq=None, wk=None):
-        q, k, v = (t.float().contiguous() for t in (q, k, v))
-        q_rot, k_rot, y = torch.empty_like(q), torch.empty_like(k), torch.empty_like(q)
-        if y.numel() == 0:                      # TVM rejects the strides torch gives empty tensors
-            return [y]
-        call("prep_q", q, torch.ones(D) if wq is None else wq.float(), q_rot)
-        call("prep_k", k, torch.ones(D) if wk is None else wk.float(), k_rot)
-        call("attend", q_rot, k_rot, v, y)
-        return [y]
+        q, k, v = (t.float() for t in (q, k, v))
+        if q.numel() == 0:                      # TVM rejects the strides torch gives empty tensors
+            return [torch.empty_like(q)]
+        (q_rot,) = call("prep_q", q, torch.ones(D) if wq is None else wq.float())
+        (k_rot,) = call("prep_k", k, torch.ones(D) if wk is None else wk.float())
+        return call("attend", q_rot, k_rot, v)
 
-    def rows(heads):
-        return lambda s: ((-(-s["seq"] // THREADS), s["batch"] * heads), (THREADS, 1))
-
-    launch = {"prep_q": rows(N), "prep_k": rows(KV), "attend": rows(N)}
-    return Step("attention", [node], {"op": "attention", "q_norm": q_norm, "k_norm": k_norm, **a}, kernels, run,
-                launch)
+    return Step("attention", [node], {"op": "attention", "q_norm": q_norm, "k_norm": k_norm, **a}, kernels, run)
 
 
 def cross_entropy_step(node: Node, shapes: list) -> Step:
     V, ignore = shapes[0][-1], node.attrs["ignore_index"]
 
     def run(call, logits, targets):
-        t = targets.reshape(-1).contiguous()
+        t = targets.reshape(-1)
         check_range(t[t != ignore], V, f"target (not ignore_index={ignore})", node)
-        parts, mean = empty(len(t), 2), empty(1)
-        call("rows", logits.reshape(-1, V).float().contiguous(), t, parts)
-        call("mean", parts, mean)
+        (mean,) = call("mean", *call("rows", logits.reshape(-1, V).float(), t))
         return [mean.reshape(())]
 
-    launch = {"rows": lambda s: threads(s["n"]), "mean": lambda s: threads(1)}
     return Step("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore},
-                lambda gpu, target: loss.cross_entropy(V, ignore, gpu), run, launch)
+                lambda gpu, target: loss.cross_entropy(V, ignore, gpu), run)
 
 
 def dense_step(node: Node, shapes: list) -> Step:
     in_shapes = [list(shape) for shape in shapes if shape is not None]
 
     def run(call, *args):
-        args = [a.contiguous() for a in args if a is not None]
-        if node.op in ("add", "mul"):
-            shape = torch.broadcast_shapes(args[0].shape, args[1].shape)
-        elif node.op == "embedding":
+        if node.op == "embedding":
             check_range(args[0], args[1].shape[0], "ids", node)
-            shape = (*args[0].shape, args[1].shape[1])
-        else:
-            shape = args[0].shape
-        y = empty(*shape)
-        call("main", *args, y)
-        return [y]
+        return call("main", *[a for a in args if a is not None])
 
     def kernels(gpu, target):
         return {"main": te_kernel(dense.BUILD[node.op](node.attrs, in_shapes), gpu)}

@@ -86,3 +86,22 @@ def test_whole_model_lowers_every_node(backend, tmp_path):
     assert lowered == {n.name for n in graph.nodes}
     attention = next(k for k in manifest["kernels"] if k["op"] == "attention")
     assert "__kernel void attend_kernel" in (tmp_path / attention["artifacts"]["source"]).read_text()
+
+
+def test_manifest_signature_is_enough_to_call_a_lowered_kernel(backend, graph, tmp_path):
+    import torch
+    import tvm
+
+    out, manifest = lower(backend, graph, "cpu", tmp_path)
+    dispatch = next(k for k in manifest["kernels"] if k["op"] == "dispatch")
+    signature = dispatch["signatures"]["sort"]
+    assert [(name, dtype) for name, dtype, _ in signature] == [("Idx", "int64"), ("Off", "int64"), ("P", "int64")]
+    experts = signature[1][2][0] - 1
+    indices = torch.tensor([3, 0, 3, 1, 0, 3]) % experts
+    sizes = {"R": len(indices)}
+    offsets, order = (torch.empty([sizes.get(d, d) for d in dims], dtype=torch.int64) for _, _, dims in signature[1:])
+    module = tvm.runtime.load_module(str(out / dispatch["artifacts"]["so"]))
+    module["sort"](*[tvm.runtime.from_dlpack(t) for t in (indices, offsets, order)])
+    counts = torch.bincount(indices, minlength=experts)
+    assert offsets.tolist() == [0, *counts.cumsum(0).tolist()]
+    assert order.tolist() == torch.sort(indices, stable=True).indices.tolist()
