@@ -20,7 +20,7 @@ from ...ir import Graph
 from .. import opencl
 from ..base import Executable
 from ..devices import Device
-from .lower import compiled, target
+from .lower import compiled
 from .plan import Step
 from .tuning import host
 
@@ -109,7 +109,7 @@ class OpenCLCall(Kernels):
                         for name, params in dict(SIGNATURE.findall(source)).items()}
         self.extents = {name: (thread_extents(f.body, {}), {d.name: d for p in f.params for d in p.shape
                                                             if isinstance(d, tirx.Var)})
-                        for name, f in step.kernels(True, target("opencl")).items()}
+                        for name, f in step.kernels(True).items()}
 
     def shape(self, name: str, sizes: dict) -> tuple[tuple, tuple]:
         extents, dims = self.extents[name]

@@ -116,7 +116,7 @@ def build(step: Step, target_name: str, folder: Path) -> dict:
     """Compiles one step into folder; returns {"artifacts": {stage: file name}, "signatures": {kernel: ...}}."""
     kind, _, arch = target_name.partition(":")
     gpu, built_for = kind != "cpu", target(target_name)
-    funcs = step.kernels(gpu, built_for)
+    funcs = step.kernels(gpu)
     signatures = {n: signature(n, f) for n, f in funcs.items()}
     CAPTURED.clear()
     built = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), built_for)

@@ -21,7 +21,7 @@ class Step:
     op: str
     nodes: list[Node]
     spec: dict
-    kernels: Callable[[bool, object], dict]            # (gpu, target) -> {name: PrimFunc}
+    kernels: Callable[[bool], dict]                     # gpu -> {name: PrimFunc}
     run: Callable[..., list]                            # (call, *args) -> outputs
     tuning: str = "n/a"                                 # where the GEMM's tile came from
     tile: object = None
@@ -41,7 +41,7 @@ def gmm_step(op: str, nodes: list[Node], E: int, N: int, K: int, tile: CpuTile |
     """A CpuTile plans the CPU kernel, a GpuTile the GPU one."""
     F = N // 2 if swiglu else N
 
-    def kernels(gpu, target):
+    def kernels(gpu):
         return {"gmm": (gmm_gpu if gpu else gmm_cpu)(E, N, K, tile, swiglu)}
 
     def run(call, x, w, offsets, b=None):
@@ -66,10 +66,10 @@ def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile) -> Step:
     a = node.attrs
     K, logits_step = a["top_k"], linear_step(node, E, H, tile, "n/a")
 
-    def kernels(gpu, target):
+    def kernels(gpu):
         sel = moe.router_select(E, K, a["scoring"], a["num_groups"], a["top_groups"], a["group_score"],
                                 a["normalize"], a["scaling"], gpu)
-        return {**logits_step.kernels(gpu, target), "select": sel}
+        return {**logits_step.kernels(gpu), "select": sel}
 
     def run(call, x, w, bias=None, score_bias=None):
         (logits,) = logits_step.run(call, flat(x), w, bias)
@@ -83,7 +83,7 @@ def router_step(node: Node, E: int, H: int, tile: CpuTile | GpuTile) -> Step:
 def dispatch_step(node: Node, shapes: list) -> Step:
     H, E, K = shapes[0][-1], node.attrs["num_experts"], shapes[1][-1]
 
-    def kernels(gpu, target):
+    def kernels(gpu):
         return {"sort": moe.dispatch_sort(E, gpu), "gather": te_kernel(moe.gather_rows(H, K), gpu)}
 
     def run(call, x, indices):
@@ -101,14 +101,14 @@ def swiglu_step(node: Node, shapes: list) -> Step:
     def run(call, x):
         return [call("swiglu", flat(x))[0].reshape(*x.shape[:-1], F)]
 
-    return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu, target: {"swiglu": te_kernel(
+    return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu: {"swiglu": te_kernel(
         moe.swiglu(F), gpu)}, run)
 
 
 def combine_step(node: Node, shapes: list) -> Step:
     H, K = shapes[0][-1], shapes[2][-1]
 
-    def kernels(gpu, target):
+    def kernels(gpu):
         return {"invert": moe.inverse_order(gpu), "combine": te_kernel(moe.combine(K, H), gpu)}
 
     def run(call, y, order, weights):
@@ -123,7 +123,7 @@ def attention_step(node: Node, _shapes: list) -> Step:
     N, KV, D, theta, eps = a["num_heads"], a["num_kv_heads"], a["head_dim"], a["rope_theta"], a["eps"]
     q_norm, k_norm = (len(node.inputs) > i and node.inputs[i] is not None for i in (3, 4))
 
-    def kernels(gpu, target):
+    def kernels(gpu):
         return {"prep_q": attention.prep(N, D, theta, eps, q_norm, gpu),
                 "prep_k": attention.prep(KV, D, theta, eps, k_norm, gpu),
                 "attend": attention.attend(N, KV, D, a["causal"], gpu)}
@@ -149,7 +149,7 @@ def cross_entropy_step(node: Node, shapes: list) -> Step:
         return [mean.reshape(())]
 
     return Step("cross_entropy", [node], {"op": "cross_entropy", "V": V, "ignore_index": ignore},
-                lambda gpu, target: loss.cross_entropy(V, ignore, gpu), run)
+                lambda gpu: loss.cross_entropy(V, ignore, gpu), run)
 
 
 def dense_step(node: Node, shapes: list) -> Step:
@@ -160,7 +160,7 @@ def dense_step(node: Node, shapes: list) -> Step:
             check_range(args[0], args[1].shape[0], "ids", node)
         return call("main", *[a for a in args if a is not None])
 
-    def kernels(gpu, target):
+    def kernels(gpu):
         return {"main": te_kernel(dense.BUILD[node.op](node.attrs, in_shapes), gpu)}
 
     return Step(node.op, [node], {"op": node.op, "in": in_shapes, **node.attrs}, kernels, run)
