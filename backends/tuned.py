@@ -3,7 +3,7 @@ interleaved rounds under a time budget, and a tuned-config table kept as JSON in
 
 A table file is {"format": ..., "version": ..., "entries": {key: entry}}, each entry JSON-able data the
 backend chose (its winner and rate, say); a missing, foreign or damaged file reads as no entries, with
-a warning when it exists, and is rewritten by the next save."""
+a warning when it exists, and is rewritten whole by the next put."""
 
 from __future__ import annotations
 
@@ -15,19 +15,26 @@ from pathlib import Path
 from .cache import read_json, warn, write_json
 
 
-def table_entries(path: Path, what: str = "tuned table") -> dict:
-    entries = read_json(path, what).get("entries")
-    return entries if isinstance(entries, dict) else {}
+class TunedTable:
+    """One table file; entries holds its {key: entry}, read once (path None: kept in this process only)."""
 
+    def __init__(self, path: Path | None, format: str, version: int, what: str = "tuned table"):
+        self.path, self.format, self.version, self.what = path, format, version, what
+        self.entries = self.read()
 
-def save_entry(path: Path, fmt: str, version: int, key: str, entry: dict):
-    """Adds or replaces one entry; a table that cannot be written leaves the result to this process."""
-    entries = table_entries(path)
-    entries[key] = entry
-    try:
-        write_json(path, {"format": fmt, "version": version, "entries": entries})
-    except OSError as e:
-        warn(f"tuned table {path} not saved ({e.strerror or e})")
+    def read(self) -> dict:
+        entries = read_json(self.path, self.what).get("entries") if self.path else None
+        return entries if isinstance(entries, dict) else {}
+
+    def put(self, key: str, entry):
+        """Adds or replaces one entry, keeping those saved meanwhile; if the file cannot be written, it serves
+        this process."""
+        self.entries = {**self.read(), **self.entries, key: entry}
+        try:
+            if self.path:
+                write_json(self.path, {"format": self.format, "version": self.version, "entries": self.entries})
+        except OSError as e:
+            warn(f"{self.what} {self.path} not saved ({e.strerror or e})")
 
 
 def race(label: str, candidates: Sequence, build: Callable[[object], Callable[[], object]], budget: float,

@@ -11,7 +11,8 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from ..cache import read_json, warn, write_json
+from ..cache import read_json
+from ..tuned import TunedTable
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class GemmConfig:
     num_stages: int = 3
 
 
+FORMAT, VERSION = "portable_moe.triton.tuned", 1
 DEFAULTS = read_json(Path(__file__).parent / "tuned" / "defaults.json", "triton default tile tables")
 CPU_CONFIG = GemmConfig(16, 16, 16, 1, 1)   # the interpreter: small tiles keep numpy work low
 CANDIDATES = tuple(GemmConfig(*c) for c in (
@@ -63,11 +65,11 @@ def bucket(rows_per_expert: int) -> str:
 
 
 class TuningCache:
-    """Autotuned configs persisted as JSON in the backend's cache dir."""
+    """Autotuned configs, kept in a tuned table in the backend's cache dir (if any)."""
 
     def __init__(self, cache_dir: Path | None):
         self.path = Path(cache_dir) / "tuned.json" if cache_dir else None
-        self.entries: dict[str, dict] = read_json(self.path, "triton tuned configs") if self.path else {}
+        self.table = TunedTable(self.path, FORMAT, VERSION, "triton tuned configs")
 
     @staticmethod
     def key(arch, variant, dtype, n, k, rows_per_expert) -> str:
@@ -80,7 +82,7 @@ class TuningCache:
             return CPU_CONFIG, None
         key = self.key(arch, variant, dtype, n, k, rows_per_expert)
         try:
-            return GemmConfig(**self.entries.get(key)), None
+            return GemmConfig(**self.table.entries.get(key)), None
         except TypeError:             # no entry, or a malformed one: the default below
             pass
         family = next((DEFAULTS[f] for f in (arch, arch[:5], arch[:4]) if f in DEFAULTS), DEFAULTS["generic"])
@@ -92,12 +94,7 @@ class TuningCache:
         return cfg, f"untuned default tile config {asdict(cfg)} for {key}: run autotune() on this device to tune it"
 
     def put(self, arch, variant, dtype, n, k, rows_per_expert, cfg: GemmConfig):
-        self.entries[self.key(arch, variant, dtype, n, k, rows_per_expert)] = asdict(cfg)
-        try:
-            if self.path:
-                write_json(self.path, self.entries)
-        except OSError as e:          # the tuned config still serves this process
-            warn(f"triton tuned configs not saved to {self.path} ({e.strerror or e})")
+        self.table.put(self.key(arch, variant, dtype, n, k, rows_per_expert), asdict(cfg))
 
 
 def autotune(cache: TuningCache, arch: str, variant: str, dtype: str, n: int, k: int, rows_per_expert: int, run,

@@ -17,7 +17,7 @@ import torch
 import tvm
 
 from .. import opencl
-from ..tuned import race, save_entry, table_entries
+from ..tuned import TunedTable, race
 from .kernels.gemm import CpuTile, GpuTile
 
 TVM_VERSION = tvm.__version__
@@ -85,30 +85,19 @@ def candidates(N: int, K: int, swiglu: bool, kind: str = "cpu") -> list[CpuTile 
             *tiles[1:3], CpuTile(max(2, best.MT - 4), best.NB, best.NC)]
 
 
-def local_table(options, kind: str) -> Path:
-    return options.cache_root("tvm") / f"tuned-{kind}.json"
-
-
-def tables(options, kind: str) -> list[tuple[str, Path]]:
-    """Where tuned tiles are looked up, first to last: (where it came from, the table)."""
+def tables(options, kind: str) -> list[tuple[str, TunedTable]]:
+    """Where tuned tiles are looked up, first to last: (where it came from, the table); the last is this machine's."""
     shipped = [("shipped table", SHIPPED)] if kind == "cpu" else []
-    return [*shipped, ("tuned here", local_table(options, kind))]
+    return [(source, TunedTable(path, FORMAT, VERSION, "tvm tuned tiles"))
+            for source, path in [*shipped, ("tuned here", options.cache_root("tvm") / f"tuned-{kind}.json")]]
 
 
-def read_table(path: Path, kind: str = "cpu") -> dict:
-    """key -> tile; entries that are not a tile of this kind are left out (tuned again, and rewritten)."""
-    tiles = {}
-    for key, entry in table_entries(path, "tvm tuned tiles").items():
-        try:
-            tiles[key] = TILE[kind](**entry["tile"])
-        except (TypeError, KeyError):
-            continue
-    return tiles
-
-
-def save(path: Path, key: str, tile: CpuTile | GpuTile, gflops: float):
-    save_entry(path, FORMAT, VERSION, key, {"tile": asdict(tile), "gflops": round(gflops, 1),
-                                            "when": time.strftime("%Y-%m-%d")})
+def tile_of(entry, kind: str) -> CpuTile | GpuTile | None:
+    """None when the entry is not a tile of this kind (then it is tuned again, and rewritten)."""
+    try:
+        return TILE[kind](**entry["tile"])
+    except (TypeError, KeyError):
+        return None
 
 
 def rows_timed(E: int, kind: str) -> int:
@@ -143,13 +132,14 @@ def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
     """The tile for one GEMM on a 'cpu' or 'opencl' device, and where it came from."""
     if options.use_tuned:
         key = shape_key(op, N, K, swiglu, kind)
-        for source, path in tables(options, kind):
-            tile = read_table(path, kind).get(key)
+        found = tables(options, kind)
+        for source, table in found:
+            tile = tile_of(table.entries.get(key), kind)
             if tile is not None:
                 return tile, source
         if options.tune_seconds > 0 and N * K >= TUNE_FROM:
             tile, gflops = tune(E, N, K, swiglu, options, kind)
-            save(local_table(options, kind), key, tile, gflops)
+            found[-1][1].put(key, {"tile": asdict(tile), "gflops": round(gflops, 1), "when": time.strftime("%Y-%m-%d")})
             return tile, "tuned here"
     if kind == "opencl":
         return GpuTile(), "default"
@@ -158,11 +148,12 @@ def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
 
 def describe(kind: str, options) -> str:
     """The devices line: whose tiles, and whether they are tuned for this device (and where)."""
-    def knows(path):
-        return any(key.split("|")[:2] == [TVM_VERSION, device_name(kind)] for key in read_table(path, kind))
+    def knows(table):
+        return any(key.split("|")[:2] == [TVM_VERSION, device_name(kind)] and tile_of(entry, kind)
+                   for key, entry in table.entries.items())
 
     fallback = "the register model" if kind == "cpu" else "16x16 tiles"
-    how = next((source for source, path in tables(options, kind) if knows(path)),
+    how = next((source for source, table in tables(options, kind) if knows(table)),
                f"not tuned for it yet: tuned on first use of a large GEMM (tune_seconds), else {fallback}")
     if kind == "opencl":
         return f"GPU-style tiles (work-groups, shared memory) for {device_name(kind)}: {how}"

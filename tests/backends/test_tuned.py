@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from portable_moe.backends.tuned import race, save_entry, table_entries
+from portable_moe.backends.tuned import TunedTable, race
 
 
 def test_race_picks_the_fastest_and_stops_building_when_half_the_budget_is_spent(capsys):
@@ -24,14 +24,27 @@ def test_race_picks_the_fastest_and_stops_building_when_half_the_budget_is_spent
 
 def test_table_round_trips_and_damaged_files_read_as_empty(tmp_path, capsys):
     path = tmp_path / "t" / "tuned.json"
-    assert table_entries(path) == {}
-    save_entry(path, "fmt", 2, "a", {"tile": 1})
-    save_entry(path, "fmt", 2, "b", {"tile": 2})
+    table = TunedTable(path, "fmt", 2)
+    assert table.entries == {}
+    table.put("a", {"tile": 1})
+    TunedTable(path, "fmt", 2).put("b", {"tile": 2})       # a second writer's entry is kept
+    table.put("c", {"tile": 3})
     assert json.loads(path.read_text()) == {"format": "fmt", "version": 2, "entries": {"a": {"tile": 1},
-                                                                                      "b": {"tile": 2}}}
+                                                                                      "b": {"tile": 2},
+                                                                                      "c": {"tile": 3}}}
     path.write_text("{not json")
-    assert table_entries(path) == {} and "ignored" in capsys.readouterr().err
+    assert TunedTable(path, "fmt", 2).entries == {} and "ignored" in capsys.readouterr().err
     path.write_text('{"entries": [1]}')
-    assert table_entries(path) == {}
-    save_entry(path, "fmt", 2, "c", {"tile": 3})          # rewritten whole
-    assert table_entries(path) == {"c": {"tile": 3}}
+    table = TunedTable(path, "fmt", 2)
+    assert table.entries == {}
+    table.put("d", {"tile": 4})                            # rewritten whole
+    assert TunedTable(path, "fmt", 2).entries == {"d": {"tile": 4}}
+
+
+def test_a_table_that_cannot_be_written_serves_this_process(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    for path in (tmp_path / "file" / "tuned.json", None):
+        table = TunedTable(path, "fmt", 2)
+        table.put("a", {"tile": 1})
+        assert table.entries == {"a": {"tile": 1}}
+    assert capsys.readouterr().err.count("not saved") == 1

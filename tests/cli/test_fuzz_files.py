@@ -143,9 +143,12 @@ def test_fuzzed_cache_files(tmp_path, capfd, target, data, junk, raw):
         assert results.record("reference", cpu_device(), "float32", True, {}, file)
         assert results.lookup("reference", cpu_device(), "float32", file)["passed"] is True
     else:
-        from portable_moe.backends.triton.tuning import TuningCache
+        from portable_moe.backends.triton import tuning
 
-        (root / "tuned.json").write_bytes(raw if data.draw(st.booleans()) else dumps({"k": junk}).encode())
-        cfg, _ = TuningCache(root).get("sm_90", "swiglu", "bfloat16", 4096, 7168, 3000)
+        args = ("sm_90", "swiglu", "bfloat16", 4096, 7168, 3000)
+        entries = data.draw(st.sampled_from([junk, {tuning.TuningCache.key(*args): junk}]))
+        table = {"format": tuning.FORMAT, "version": tuning.VERSION, "entries": entries}
+        (root / "tuned.json").write_bytes(raw if data.draw(st.booleans()) else dumps(table).encode())
+        cfg, _ = tuning.TuningCache(root).get(*args)
         assert cfg.block_m > 0
     assert "Traceback" not in capfd.readouterr().err

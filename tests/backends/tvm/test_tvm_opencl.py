@@ -82,6 +82,9 @@ def test_opencl_tile_is_tuned_on_first_use_cached_and_reused(backend, opencl, tm
 
 
 def test_devices_line_says_whether_this_opencl_device_is_tuned(backend, opencl, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from portable_moe.backends.tuned import TunedTable
     from portable_moe.backends.tvm import tuning
     from portable_moe.backends.tvm.kernels.gemm import GpuTile
     from portable_moe.runtime.compile import options_for
@@ -89,6 +92,6 @@ def test_devices_line_says_whether_this_opencl_device_is_tuned(backend, opencl, 
     monkeypatch.setenv("PORTABLE_MOE_CACHE_DIR", str(tmp_path))
     line = backend.schedule(opencl, options_for(backend))
     assert opencl.name.strip() in line and "not tuned" in line and "16x16" in line
-    tuning.save(tmp_path / "tvm" / "tuned-opencl.json", tuning.shape_key("linear", 64, 64, False, "opencl"),
-                GpuTile(32), 1.0)
+    TunedTable(tmp_path / "tvm" / "tuned-opencl.json", tuning.FORMAT, tuning.VERSION).put(
+        tuning.shape_key("linear", 64, 64, False, "opencl"), {"tile": asdict(GpuTile(32))})
     assert "tuned here" in backend.schedule(opencl, options_for(backend))

@@ -4,9 +4,11 @@ this machine's first-use tuning (bounded, cached), and damaged tables (ignored, 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
+from portable_moe.backends.tuned import TunedTable
 from portable_moe.backends.tvm import TVMOptions, tuning
 from portable_moe.backends.tvm.kernels.gemm import CpuTile
 
@@ -81,7 +83,8 @@ def test_devices_line_says_whether_this_cpu_is_tuned_and_from_where(tmp_path, mo
 
     monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "none.json")
     assert "znver2" in line() and "not tuned" in line()
-    tuning.save(tmp_path / "tvm" / "tuned-cpu.json", tuning.shape_key("linear", 64, 64, False), CpuTile(), 1.0)
+    TunedTable(tmp_path / "tvm" / "tuned-cpu.json", tuning.FORMAT, tuning.VERSION).put(
+        tuning.shape_key("linear", 64, 64, False), {"tile": asdict(CpuTile())})
     assert "tuned here" in line()
     monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "tvm" / "tuned-cpu.json")
     assert "shipped table" in line()
