@@ -128,3 +128,15 @@ def test_bad_layer_shape_is_one_line_error(capsys):
     assert main(["bench", "--layer-shape", "32,48,4"]) == 2
     err = capsys.readouterr().err
     assert "H,F,E,K" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("before,after,crowded", [("9.5", "0.4", True), ("0.3", "0.5", False),
+                                                 ("unknown", "0.5", False)])
+def test_report_says_whether_the_load_was_above_the_core_count(monkeypatch, before, after, crowded):
+    from portable_moe.bench import report
+
+    monkeypatch.setattr(report, "load", lambda: after)
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    text = report.section("t", "cmd", ["body"], load_before=before)
+    assert f"{before} before, {after} after" in text
+    assert ("above the core count" in text) is crowded and ("at most the core count" in text) is not crowded
