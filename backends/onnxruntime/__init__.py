@@ -127,9 +127,7 @@ class OnnxRuntimeBackend(Backend):
         reason = self.availability(device)
         if reason:
             raise BackendError(reason)
-        if not isinstance(options, OrtOptions):
-            options = OrtOptions(cache_dir=options.cache_dir)
-        return OrtExecutable(graph, device, choose(device, available_providers()), options)
+        return OrtExecutable(graph, device, choose(device, available_providers()), OrtOptions.of(options))
 
     def lower(self, graph: Graph, target: str, out_dir: Path, options: BackendOptions) -> dict:
         """One ONNX file with the weights as model inputs (no parameters are given to lower)."""

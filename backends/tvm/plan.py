@@ -95,16 +95,6 @@ def dispatch_step(node: Node, shapes: list) -> Step:
     return Step("dispatch", [node], {"op": "dispatch", "H": H, "E": E, "K": K}, kernels, run)
 
 
-def swiglu_step(node: Node, shapes: list) -> Step:
-    F = shapes[0][-1] // 2
-
-    def run(call, x):
-        return [call("swiglu", flat(x))[0].reshape(*x.shape[:-1], F)]
-
-    return Step("swiglu", [node], {"op": "swiglu", "F": F}, lambda gpu: {"swiglu": te_kernel(
-        moe.swiglu(F), gpu)}, run)
-
-
 def combine_step(node: Node, shapes: list) -> Step:
     H, K = shapes[0][-1], shapes[2][-1]
 
@@ -166,7 +156,7 @@ def dense_step(node: Node, shapes: list) -> Step:
     return Step(node.op, [node], {"op": node.op, "in": in_shapes, **node.attrs}, kernels, run)
 
 
-STEPS = {"dispatch": dispatch_step, "swiglu": swiglu_step, "combine": combine_step, "attention": attention_step,
+STEPS = {"dispatch": dispatch_step, "combine": combine_step, "attention": attention_step,
          "cross_entropy": cross_entropy_step}
 
 

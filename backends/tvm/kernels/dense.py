@@ -12,7 +12,8 @@ def inputs(*shapes, dtypes=("float32", "float32")) -> list:
     def dim(d):
         return d if isinstance(d, int) else names.setdefault(d, te.var(d.replace("*", "_"), "int64"))
 
-    return [te.placeholder([dim(d) for d in shape], dtype) for shape, dtype in zip(shapes, dtypes)]
+    return [te.placeholder([dim(d) for d in shape], dtype, f"x{i}")      # distinct names: OpenCL binds by name
+            for i, (shape, dtype) in enumerate(zip(shapes, dtypes))]
 
 
 def unary(fn, shape) -> list:
@@ -31,6 +32,13 @@ def rms_norm(eps: float, shape, w_shape) -> list:
     k = te.reduce_axis((0, shape[-1]), "k")
     ss = te.compute(x.shape[:-1], lambda *i: te.sum(x(*i, k) * x(*i, k), axis=k), "ss")
     return [x, w, te.compute(x.shape, lambda *i: w[i[-1]] * (x(*i) * te.rsqrt(ss(*i[:-1]) / shape[-1] + eps)), "y")]
+
+
+def swiglu(shape) -> list:
+    """y[..., f] = silu(x[..., f]) * x[..., F + f], F half the last dim."""
+    (x,) = inputs(shape)
+    F = shape[-1] // 2
+    return [x, te.compute((*x.shape[:-1], F), lambda *i: x(*i) / (1 + te.exp(-x(*i))) * x(*i[:-1], i[-1] + F), "y")]
 
 
 def embedding(ids_shape, table_shape) -> list:
@@ -52,4 +60,5 @@ BUILD = {
     "rms_norm": lambda a, ins: rms_norm(a["eps"], *ins),
     "softmax": lambda a, ins: apply(lambda x: topi.nn.softmax(x, axis=a["axis"]), ins[0]),
     "embedding": lambda a, ins: embedding(*ins),
+    "swiglu": lambda a, ins: swiglu(ins[0]),
 }

@@ -1,4 +1,4 @@
-"""MoE kernels: router selection, dispatch (stable counting sort, row gather), combine, SwiGLU. T tokens,
+"""MoE kernels: router selection, dispatch (stable counting sort, row gather), combine. T tokens,
 E experts, K top-k, G expert groups, H hidden, R = T*K rows. Top-k ties go to the lower index; NaN ranks
 above every number, as in torch's descending sort. Scratch rows live in output buffers, not per-thread
 arrays (TVM's AMDGPU codegen miscompiles those)."""
@@ -170,9 +170,3 @@ def combine(K: int, H: int) -> list:
     k = te.reduce_axis((0, K), "k")
     return [Y, V, W, te.compute((n, H), lambda t, h: te.sum(Y[V[t * K + k], h] * W[t, k], axis=k), "Out")]
 
-
-def swiglu(F: int) -> list:
-    """y[r, f] = silu(x[r, f]) * x[r, F + f]."""
-    (n,) = sym("n")
-    X = te.placeholder((n, 2 * F), name="X")
-    return [X, te.compute((n, F), lambda r, f: X[r, f] / (1 + te.exp(-X[r, f])) * X[r, F + f], "Y")]
