@@ -4,8 +4,9 @@ pyopencl), and lowers them ahead of time for CUDA, ROCm, OpenCL, Metal and the C
 reshapes, packs expert weights and checks inputs; gradients come from the reference (not differentiable).
 
 Rooms: this file (the plug-in, its options and support table); plan.py (run-time planning: a step per
-node); lower.py (ahead-of-time lowering, also used for the device run on); executable.py; kernels/;
-tuning.py (GEMM tiles: tables, first-use tuning). TVM is imported on first use (it takes ~2 s)."""
+node); lower.py (targets, this CPU as LLVM sees it, ahead-of-time lowering, also used for the device run
+on); executable.py; kernels/; tuning.py (GEMM tiles: tables, first-use tuning). Imports flow one way:
+kernels <- plan <- lower <- executable <- tuning <- this file. TVM is imported on first use (~2 s)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,11 @@ class TVMBackend(Backend):
         self.check_target(target)
         if import_failure("tvm"):
             raise BackendError(import_failure("tvm"))
+        from .kernels.gemm import GpuTile
         from .lower import lower_graph
+        from .tuning import tile_for
 
-        return lower_graph(self, graph, target, Path(out_dir), TVMOptions.of(options))
+        opts = TVMOptions.of(options)
+        tiles = (lambda *a: tile_for(*a, opts)) if target == "cpu" else (lambda *a: (GpuTile(), "n/a"))
+        return lower_graph(self, graph, target, Path(out_dir), opts, tiles)
 

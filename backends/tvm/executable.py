@@ -20,9 +20,8 @@ from ...ir import Graph
 from .. import opencl
 from ..base import Executable
 from ..devices import Device
-from .lower import compiled
+from .lower import compiled, host
 from .plan import Step
-from .tuning import host
 
 # TVM names an OpenCL kernel's buffer parameters `<buffer>_ptr`, its scalars after shape variables (+ `_<n>`)
 SIGNATURE = re.compile(r"__kernel void (\w+)_kernel\(([^)]*)\)")

@@ -1,7 +1,7 @@
-"""Ahead-of-time lowering, which the executable also runs for its own device: each step compiled for one
-target into the artifact store (a .so for the CPU, OpenCL C, Metal, AMDGPU assembly + code object, and
-CUDA C + PTX/cubin by nvcc, as TVM 0.27's nvptx target is broken with its LLVM), then written out with a
-manifest."""
+"""Targets (this CPU as LLVM names and sees it) and ahead-of-time lowering, which the executable also runs
+for its own device: each step compiled for one target into the artifact store (a .so for the CPU, OpenCL C,
+Metal, AMDGPU assembly + code object, and CUDA C + PTX/cubin by nvcc, as TVM 0.27's nvptx target is broken
+with its LLVM), then written out with a manifest."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import glob
 import os
 import shutil
 import subprocess
+from contextlib import suppress
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -20,15 +22,42 @@ from ..base import BackendError, write_manifest
 from ..cache import Entry, Store, make_key, safe_name
 from ..devices import cpu_device
 from ..progress import Progress, native_stderr_filtered
-from .kernels.gemm import GpuTile
 from .plan import Step, plan
-from .tuning import TVM_VERSION, host, tile_for
 
 SOURCE_SUFFIX = {"cuda": ".cu", "opencl": ".cl", "metal": ".metal", "rocm": ".s"}
 CAPTURED: list[bytes] = []       # code objects TVM's ROCm link callback returned
 # TVM's AMDGPU codegen asks the (absent) ROCm runtime for limits and logs a warning per kernel
 NATIVE_NOISE = ("Cannot get maximum number of threads for AMD codegen", "Unable to detect ROCm version")
 ARCH_FIELD = {"cuda": "arch", "rocm": "mcpu"}
+TVM_VERSION = tvm.__version__
+
+
+@dataclass(frozen=True)
+class Host:
+    cpu: str
+    lanes: int                  # float32 lanes of the vectors LLVM will use
+    registers: int              # vector registers
+    l2_bytes: int
+
+
+@cache
+def host() -> Host:
+    """This CPU as LLVM names it (znver5, skylake-avx512, ...) and sees it."""
+    cpu = str(tvm.target.codegen.llvm_get_system_cpu())
+    features = set(tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu})))
+    wide = "avx512f" in features and "prefer-256-bit" not in features
+    lanes = 16 if wide else 8 if "avx2" in features or "avx" in features else 4
+    registers = 32 if "avx512f" in features or "neon" in features else 16
+    return Host(cpu, lanes, registers, l2_bytes())
+
+
+def l2_bytes() -> int:
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        with suppress(OSError, ValueError):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                return int(size.rstrip("KM")) << (20 if size.endswith("M") else 10)
+    return 1 << 20
 
 
 def target(name: str) -> tvm.target.Target:
@@ -152,14 +181,14 @@ def write_out(step: Step, target_name: str, out_dir: Path, cache_dir: Path, prog
             "cache_hit": entry.hit}
 
 
-def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options) -> dict:
+def lower_graph(backend, graph: Graph, target_name: str, out_dir: Path, options, tiles) -> dict:
+    """tiles(op, E, N, K, swiglu) -> (the GEMM's tile, where it came from), as plan() takes it."""
     # every target gets the CPU's op set in float32; other nodes are listed, not lowered
     skipped = [{"node": n.name, "op": n.op, "reason": why} for n, why in backend.unsupported(graph, cpu_device())]
     if len(skipped) == len(graph.nodes):
         raise BackendError(f"tvm can lower no node of '{graph.name}': {skipped[0]['reason'] if skipped else ''}")
     if target_name.startswith("rocm") and use_rocm(options.rocm_path) is None:
         raise BackendError("tvm: rocm target needs the ROCm device libraries (Debian: rocm-device-libs)")
-    tiles = (lambda *a: tile_for(*a, options)) if target_name == "cpu" else (lambda *a: (GpuTile(), "n/a"))
     steps = plan(graph, tiles, skip={s["node"] for s in skipped})
     out_dir.mkdir(parents=True, exist_ok=True)
     with Progress(f"tvm {target_name}", len(steps)) as progress, native_stderr_filtered(NATIVE_NOISE):

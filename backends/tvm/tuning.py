@@ -8,51 +8,22 @@ Legend: E experts, N out-features (2F with the SwiGLU epilogue), K in-features."
 from __future__ import annotations
 
 import time
-from contextlib import suppress
-from dataclasses import asdict, dataclass
-from functools import cache
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import tvm
 
 from .. import opencl
 from ..tuned import TunedTable, race
+from .executable import load
 from .kernels.gemm import CpuTile, GpuTile
+from .lower import TVM_VERSION, host
+from .plan import gmm_step
 
-TVM_VERSION = tvm.__version__
 SHIPPED = Path(__file__).with_name("tuned") / "cpu.json"
 TUNE_FROM = 1 << 20             # N * K: below it, tuning costs more than it saves
 FORMAT, VERSION = "portable_moe.tvm.tuned", 2
 TILE = {"cpu": CpuTile, "opencl": GpuTile}
-
-
-@dataclass(frozen=True)
-class Host:
-    cpu: str
-    lanes: int                  # float32 lanes of the vectors LLVM will use
-    registers: int              # vector registers
-    l2_bytes: int
-
-
-@cache
-def host() -> Host:
-    """This CPU as LLVM names it (znver5, skylake-avx512, ...) and sees it."""
-    cpu = str(tvm.target.codegen.llvm_get_system_cpu())
-    features = set(tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu})))
-    wide = "avx512f" in features and "prefer-256-bit" not in features
-    lanes = 16 if wide else 8 if "avx2" in features or "avx" in features else 4
-    registers = 32 if "avx512f" in features or "neon" in features else 16
-    return Host(cpu, lanes, registers, l2_bytes())
-
-
-def l2_bytes() -> int:
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        with suppress(OSError, ValueError):
-            if (index / "level").read_text().strip() == "2":
-                size = (index / "size").read_text().strip().upper()
-                return int(size.rstrip("KM")) << (20 if size.endswith("M") else 10)
-    return 1 << 20
 
 
 def device_name(kind: str) -> str:
@@ -107,9 +78,6 @@ def rows_timed(E: int, kind: str) -> int:
 def runner(E: int, N: int, K: int, swiglu: bool, tile: CpuTile | GpuTile, kind: str, cache_dir: Path):
     """The GEMM with one tile, built and called as the executable does, over random rows (OpenCL: spread
     over at most 4 experts); runs it once and returns a function that runs it again."""
-    from .executable import load
-    from .plan import gmm_step
-
     step = gmm_step("grouped_matmul", [], E, N, K, tile, "n/a", swiglu, False)
     call, rows, busy = load(step, kind, cache_dir), rows_timed(E, kind), E if kind == "cpu" else min(E, 4)
     offsets = torch.cat([torch.linspace(0, rows, busy + 1).round().long(), torch.full((E - busy,), rows)])

@@ -11,9 +11,10 @@ import pytest
 from portable_moe.backends.tuned import TunedTable
 from portable_moe.backends.tvm import TVMOptions, tuning
 from portable_moe.backends.tvm.kernels.gemm import CpuTile
+from portable_moe.backends.tvm.lower import Host
 
-AVX2 = tuning.Host("znver2", 8, 16, 512 << 10)
-AVX512 = tuning.Host("skylake-avx512", 16, 32, 1 << 20)
+AVX2 = Host("znver2", 8, 16, 512 << 10)
+AVX512 = Host("skylake-avx512", 16, 32, 1 << 20)
 
 
 @pytest.fixture
