@@ -19,8 +19,6 @@ from ..devices import Device
 
 OPS = ("router", "dispatch", "grouped_matmul", "swiglu", "combine", "linear", "attention", "cross_entropy", "add",
        "mul", "silu", "sigmoid", "gelu", "rms_norm", "softmax", "embedding")
-# their TE schedules make several OpenCL kernels with scratch buffers, which the launcher does not run
-AOT_ONLY_ON_OPENCL = ("rms_norm", "softmax")
 DECLINED = {
     "float16": "the kernels are written for float32 (fp16 has no fast CPU path here: ~0.3 GFLOP/s)",
     "bfloat16": "the kernels are written for float32; bf16 is not lowered yet",
@@ -60,9 +58,7 @@ class TVMBackend(Backend):
                 f"tvm` for {device.kind} artifacts")
 
     def support(self, device: Device) -> Support:
-        aot_only = AOT_ONLY_ON_OPENCL if device.kind == "opencl" else ()
-        declined = {**DECLINED, **dict.fromkeys(aot_only, "lowered for OpenCL ahead of time only (several kernels)")}
-        return Support({op: frozenset({DType.float32}) for op in OPS if op not in aot_only}, declined)
+        return Support({op: frozenset({DType.float32}) for op in OPS}, DECLINED)
 
     def compile(self, graph: Graph, device: Device, options: BackendOptions) -> Executable:
         reason = self.availability(device)

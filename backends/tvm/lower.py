@@ -148,7 +148,9 @@ def build(step: Step, target_name: str, folder: Path) -> dict:
     funcs = step.kernels(gpu)
     signatures = {n: signature(n, f) for n, f in funcs.items()}
     CAPTURED.clear()
-    built = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), built_for)
+    # the OpenCL launcher passes scalars by shape-variable name; TIR's CSE would rename them (b*s -> cse_v1)
+    with tvm.transform.PassContext(config={"tirx.disable_cse_tir": kind == "opencl"}):
+        built = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), built_for)
     if not gpu:
         built.export_library(str(folder / "kernel.so"))
         return {"artifacts": {"so": "kernel.so"}, "signatures": signatures}

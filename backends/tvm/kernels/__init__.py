@@ -34,20 +34,30 @@ def each_row(n, gpu, body, *args):
 
 
 def te_kernel(tensors: list, gpu: bool) -> tirx.PrimFunc:
-    """TE tensors (inputs, then the output) as a PrimFunc, each stage's outer loop parallel on the CPU. GPU: a
-    block per row (leading spatial loops), THREADS threads over the last dim; reductions stay in the thread.
-    Only the grid fuses: a fused extent would become a host-computed kernel argument."""
+    """TE tensors (inputs, then the output) as a PrimFunc. CPU: each stage's outer loop parallel. GPU: one
+    kernel, a block per row of the output (its leading spatial loops, fused: only the grid fuses, a fused
+    extent elsewhere would become a host-computed argument), THREADS threads over its last dim; earlier stages
+    are inlined (elementwise) or computed per block into shared memory, the threads splitting the reduction."""
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        spatial = [loop for loop, v in zip(sch.get_loops(block), sch.get(block).iter_vars) if v.iter_type == 0]
-        if not gpu:
-            if spatial:
-                sch.parallel(spatial[0])
-            continue
-        *rows, cols = spatial or [sch.add_unit_loop(block)]      # a reduction to one value: one thread
-        c0, tx = sch.split(cols, [None, THREADS])
-        sch.reorder(tx, c0)
-        sch.bind(tx, "threadIdx.x")
-        if rows:
-            sch.bind(sch.fuse(*rows), "blockIdx.x")
+    *stages, last = sch.get_child_blocks(sch.get_sblock("root"))
+    spatial = {b: [loop for loop, v in zip(sch.get_loops(b), sch.get(b).iter_vars) if v.iter_type == 0]
+               for b in (*stages, last)}
+    if not gpu:
+        for loops in spatial.values():
+            if loops:
+                sch.parallel(loops[0])
+        return sch.mod["main"]
+    *rows, cols = spatial[last] or [sch.add_unit_loop(last)]      # a reduction to one value: one thread
+    c0, tx = sch.split(cols, [None, THREADS])
+    sch.reorder(tx, c0)
+    sch.bind(tx, "threadIdx.x")
+    row = sch.fuse(*rows) if rows else sch.add_unit_loop(tx)
+    sch.bind(row, "blockIdx.x")
+    for block in reversed(stages):
+        if all(v.iter_type == 0 for v in sch.get(block).iter_vars):
+            sch.compute_inline(block)
+        else:
+            sch.compute_at(block, row)
+            sch.set_scope(block, 0, "shared")
+            sch.bind(sch.split(sch.get_loops(block)[-1], [None, THREADS])[1], "threadIdx.x")
     return sch.mod["main"]

@@ -1,4 +1,5 @@
-"""The GPU-style code path (thread binding, shared memory, barriers) executed on an OpenCL device (PoCL)."""
+"""The GPU-style code path (thread binding, shared memory, barriers, cross-thread reductions) executed on an
+OpenCL device (PoCL)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def test_moe_layer_runs_on_opencl(backend, opencl, cache_dir, name):
     for tokens in (1, 45):
         x = {"x": torch.randn(tokens, cfg.hidden)}
         assert_matches(exe.run(x, params), reference64(graph, x, params))
+
+
+def test_whole_model_with_loss_runs_on_opencl_alone(backend, opencl, cache_dir):
+    from portable_moe.models import build_model
+
+    cfg = preset("debug")
+    graph = build_model(cfg, with_loss=True)
+    assert backend.unsupported(graph, opencl) == []
+    params = init_params(graph, 0)
+    exe = backend.compile(graph, opencl, backend.Options(cache_dir=str(cache_dir)))
+    assert {p.split(":")[0] for p in exe.placement().values()} == {"tvm"}
+    x = {"ids": torch.randint(0, cfg.vocab_size, (2, 7)), "targets": torch.randint(0, cfg.vocab_size, (2, 7))}
+    assert_matches(exe.run(x, params), reference64(graph, x, params), rtol=5e-5)
 
 
 @pytest.mark.parametrize("edge", [8, 16, 32])
