@@ -17,5 +17,6 @@ def to_torch(a: np.ndarray, device: str) -> torch.Tensor:
 
 
 def param_key(params: Mapping, names: list[str]) -> tuple:
-    """Identity and in-place version of every parameter: a new key means the weights changed."""
-    return tuple((n, id(params[n]), getattr(params[n], "_version", 0)) for n in names)
+    """Identity, storage and in-place version of every parameter: a new key means the weights changed
+    (`p.data = ...` swaps the storage without bumping the version)."""
+    return tuple((n, id(p), p.data_ptr(), p._version) for n, p in ((n, params[n]) for n in names))

@@ -123,6 +123,18 @@ def stale_weights():
     return gmm
 
 
+def stale_by_identity():
+    """Keeps a copy of the weight keyed by the tensor object (held, so its id is never reused) and its version:
+    ONNX Runtime's defect until 2026-12-05, as `w.data = ...` gives the tensor new storage and leaves both alone."""
+    kept = {}
+
+    def gmm(x, weight, offsets):
+        _, copy = kept.setdefault((id(weight), weight._version), (weight, weight.detach().clone()))
+        return ref.grouped_matmul(x, copy, offsets)
+
+    return gmm
+
+
 def faulty_backends() -> list[FaultyBackend]:
     return [
         FaultyBackend("faulty-drops-expert", {"grouped_matmul": drops_expert}, ("grouped_matmul", "values")),
@@ -135,6 +147,8 @@ def faulty_backends() -> list[FaultyBackend]:
         FaultyBackend("faulty-segment-boundary", {"grouped_matmul": segment_off_by_one}, ("grouped_matmul", "values")),
         FaultyBackend("faulty-weight-grad", {"grouped_matmul": wrong_weight_grad}, ("grouped_matmul", "backward")),
         FaultyBackend("faulty-stale-weights", {"grouped_matmul": stale_weights()},
+                      ("grouped_matmul", "weights-changed")),
+        FaultyBackend("faulty-stale-by-identity", {"grouped_matmul": stale_by_identity()},
                       ("grouped_matmul", "weights-changed")),
     ]
 

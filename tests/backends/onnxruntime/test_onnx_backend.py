@@ -80,6 +80,8 @@ def test_session_follows_parameter_updates():
         params["experts.down"].mul_(2.0)                  # in place, as an optimiser step does
     second = exe.run(feed, params)[0]
     torch.testing.assert_close(second, 2 * first[0], rtol=1e-5, atol=1e-7)
+    params["experts.down"].data = 3 * params["experts.down"]    # new storage, same tensor, same _version
+    torch.testing.assert_close(exe.run(feed, params)[0], 6 * first[0], rtol=1e-5, atol=1e-7)
 
 
 def test_params_as_inputs_gives_the_same_result():
