@@ -19,4 +19,4 @@ def to_torch(a: np.ndarray, device: str) -> torch.Tensor:
 def param_key(params: Mapping, names: list[str]) -> tuple:
     """Identity, storage and in-place version of every parameter: a new key means the weights changed
     (`p.data = ...` swaps the storage without bumping the version)."""
-    return tuple((n, id(p), p.data_ptr(), p._version) for n, p in ((n, params[n]) for n in names))
+    return tuple((n, id(params[n]), params[n].data_ptr(), params[n]._version) for n in names)

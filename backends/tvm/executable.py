@@ -68,7 +68,7 @@ class Kernels:
         inputs = [t.detach().contiguous() for t in inputs]
         for (_, _, dims), t in zip(params, inputs):
             sizes.update((d, n) for d, n in zip(dims, t.shape) if isinstance(d, str))
-        outputs = [torch.empty([sizes.get(d, d) for d in dims], dtype=getattr(torch, dtype))
+        outputs = [torch.empty([sizes[d] if isinstance(d, str) else d for d in dims], dtype=getattr(torch, dtype))
                    for _, dtype, dims in params[len(inputs):]]
         self.launch(name, inputs, outputs, sizes)
         return outputs

@@ -101,13 +101,14 @@ def tile_for(op: str, E: int, N: int, K: int, swiglu: bool, options,
     if options.use_tuned:
         key = shape_key(op, N, K, swiglu, kind)
         found = tables(options, kind)
+        here = found[-1][1]                 # this machine's table, where a tuning result goes
         for source, table in found:
             tile = tile_of(table.entries.get(key), kind)
             if tile is not None:
                 return tile, source
         if options.tune_seconds > 0 and N * K >= TUNE_FROM:
             tile, gflops = tune(E, N, K, swiglu, options, kind)
-            found[-1][1].put(key, {"tile": asdict(tile), "gflops": round(gflops, 1), "when": time.strftime("%Y-%m-%d")})
+            here.put(key, {"tile": asdict(tile), "gflops": round(gflops, 1), "when": time.strftime("%Y-%m-%d")})
             return tile, "tuned here"
     if kind == "opencl":
         return GpuTile(), "default"
